@@ -1,0 +1,49 @@
+"""HNE on timm CNNs: ``hne-<timm name>``, the tree transform applied to a timm model's stages."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from selfens_core.backbones import BackboneError, BackboneParts, backbone_parts, create_timm
+
+from .model import HierarchicalEnsemble, build_tree, check_tree_equivalence, tree_branches
+
+
+@torch.no_grad()
+def default_split_stages(parts: BackboneParts, in_chans: int, splits: int) -> list[int]:
+    """The last ``splits`` stages that halve the resolution (like the paper's blocks), else the last stages."""
+    x = parts.stem(torch.zeros(1, in_chans, 64, 64))
+    strided = []
+    for i, stage in enumerate(parts.stages):
+        size = x.shape[-1]
+        x = stage(x)
+        if x.shape[-1] < size:
+            strided.append(i)
+    candidates = strided if len(strided) >= splits else list(range(len(parts.stages)))
+    return candidates[len(candidates) - splits:] if splits else []
+
+
+def hne_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members: int = 4,
+             split_stages: list[int] | None = None, check: bool = True, **timm_kwargs) -> HierarchicalEnsemble:
+    """``num_members`` copies of timm ``backbone`` as a tree: shared stem, a split before each of ``split_stages``
+    (default: the last log2(N) stages that halve the resolution). ``check`` verifies at build time that grouped
+    execution equals each member's own path, which catches blocks that mix channels across groups."""
+    if num_members < 1 or num_members & (num_members - 1):
+        raise ValueError(f"num_members must be a power of two, got {num_members}")
+    networks = [create_timm(backbone, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+                for _ in range(num_members)]
+    parts = [backbone_parts(net, backbone) for net in networks]
+    splits = int(math.log2(num_members))
+    if split_stages is None:
+        split_stages = default_split_stages(parts[0], in_chans, splits)
+    if len(split_stages) != splits:
+        raise ValueError(f"{num_members} members need {splits} split stages, got split_stages={split_stages}")
+    if splits > len(parts[0].stages):
+        raise BackboneError(f"{backbone} has {len(parts[0].stages)} stages: at most {2 ** len(parts[0].stages)} members")
+    branches = tree_branches(len(parts[0].stages), list(split_stages))
+    model = build_tree(parts, branches, num_classes=num_classes, in_chans=in_chans, input_size=(32, 32),
+                       min_input_size=16)
+    if check:
+        check_tree_equivalence(model, torch.randn(1, in_chans, 32, 32))
+    return model

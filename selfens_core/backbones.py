@@ -1,0 +1,98 @@
+"""Backbone adapters: split a timm CNN into the parts methods rebuild (stem, stages, neck, classifier).
+
+Methods never reach into a timm model's attributes themselves; they ask :func:`backbone_parts`, and a model family
+is supported once an adapter for it is registered (``register_backbone_adapters``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class BackboneError(ValueError):
+    """A backbone that selfens cannot take apart, with the reason."""
+
+
+@dataclass
+class BackboneParts:
+    """A CNN as stem → stages → neck → global average pool → classifier."""
+
+    stem: nn.Module
+    stages: list[nn.Module]
+    neck: nn.Module
+    classifier: nn.Linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C), exactly what the original network computes in eval mode."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.classifier(self.neck(x).mean((2, 3)))
+
+
+@dataclass(frozen=True)
+class BackboneAdapter:
+    """Knows one timm model family: ``matches(model)`` and ``split(model) -> BackboneParts``."""
+
+    family: str
+    matches: Callable[[nn.Module], bool]
+    split: Callable[[nn.Module], BackboneParts]
+
+
+def _class_named(*names: str) -> Callable[[nn.Module], bool]:
+    return lambda model: type(model).__name__ in names
+
+
+def _check_plain_head(model: nn.Module, pool: nn.Module, classifier: nn.Module) -> None:
+    if getattr(pool, "pool_type", "avg") != "avg" or not isinstance(classifier, nn.Linear):
+        raise BackboneError(f"{type(model).__name__}: only average pooling with a linear classifier is supported")
+    if getattr(model, "drop_rate", 0.0):
+        raise BackboneError(f"{type(model).__name__}: head dropout (drop_rate) is not supported; use drop_rate=0")
+
+
+def _split_resnet(model: nn.Module) -> BackboneParts:
+    _check_plain_head(model, model.global_pool, model.fc)
+    stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    return BackboneParts(stem, stages, nn.Identity(), model.fc)
+
+
+def _split_efficientnet(model: nn.Module) -> BackboneParts:
+    _check_plain_head(model, model.global_pool, model.classifier)
+    return BackboneParts(nn.Sequential(model.conv_stem, model.bn1), list(model.blocks),
+                         nn.Sequential(model.conv_head, model.bn2), model.classifier)
+
+
+BUILTIN_ADAPTERS = [
+    BackboneAdapter("resnet", _class_named("ResNet"), _split_resnet),
+    BackboneAdapter("efficientnet", _class_named("EfficientNet"), _split_efficientnet),
+]
+
+
+def backbone_parts(model: nn.Module, name: str = "") -> BackboneParts:
+    """Split a timm model with the first registered adapter that matches it."""
+    from .plugins import registries
+
+    adapters = registries().backbone_adapters
+    for adapter_name in adapters.names():
+        adapter = adapters.get(adapter_name)
+        if adapter.matches(model):
+            return adapter.split(model)
+    raise BackboneError(
+        f"timm model {name or ''} ({type(model).__name__}) has no backbone adapter; supported families: "
+        f"{', '.join(adapters.get(n).family for n in adapters.names())}. Register one with the "
+        f"register_backbone_adapters hook."
+    )
+
+
+def create_timm(name: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    """``timm.create_model`` with an error that lists similar names when ``name`` is not a timm model."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:8]
+        raise BackboneError(f"{name!r} is not a timm model. Similar timm models: {', '.join(close) or '(none)'}")
+    return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -1,0 +1,30 @@
+"""The core's own generic components, registered through the same hooks as any plugin."""
+from __future__ import annotations
+
+from .backbones import BUILTIN_ADAPTERS
+from .combiners import MeanLogits, MeanProbs
+from .hookspecs import hookimpl
+from .objectives import Independent
+from .samplers import AllMembers
+
+
+@hookimpl
+def register_combiners(register):
+    register("mean_logits", MeanLogits)
+    register("mean_probs", MeanProbs)
+
+
+@hookimpl
+def register_distillers(register):
+    register("independent", Independent)
+
+
+@hookimpl
+def register_samplers(register):
+    register("all", AllMembers)
+
+
+@hookimpl
+def register_backbone_adapters(register):
+    for adapter in BUILTIN_ADAPTERS:
+        register(adapter.family, adapter)

@@ -1,0 +1,98 @@
+"""The ``selfens`` command: train, eval, list."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .engine import train
+    from .evaluation import format_budget_table
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"\n{cfg.model.name} on {cfg.data.name} test set ({metrics['num_samples']} images):")
+    print(format_budget_table(metrics))
+    print(f"run directory: {args.out}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from . import create
+    from .data import load_dataset
+    from .evaluation import evaluate, format_budget_table, plot_budget
+    from .runs import load_pretrained
+
+    info, splits = load_dataset(args.data, root=args.data_root, subset=args.subset)
+    if Path(args.model).is_dir():
+        model = load_pretrained(args.model)
+    else:
+        warnings.warn(f"{args.model!r} is not a run directory: evaluating an untrained model", stacklevel=1)
+        model = create(args.model, num_classes=info.num_classes, in_chans=info.in_chans).eval()
+    cfg = model.pretrained_cfg
+    if (cfg["num_classes"], cfg["in_chans"]) != (info.num_classes, info.in_chans):
+        raise SystemExit(f"error: the model takes {cfg['in_chans']}-channel images of {cfg['num_classes']} classes; "
+                         f"{args.data} has {info.in_chans} channel(s) and {info.num_classes} classes")
+    metrics = evaluate(model, splits["test"], info, progress=True)
+    metrics.update(split="test", dataset=args.data, model=args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_budget(metrics, str(out / "budget.png"), title=f"{cfg.get('architecture', args.model)} on {args.data}")
+    print(format_budget_table(metrics))
+    print(f"wrote {out / 'metrics.json'} and {out / 'budget.png'}")
+
+
+def _list(args: argparse.Namespace) -> None:
+    from .plugins import registries
+
+    models = registries().models
+    for name in models.names(args.pattern):
+        print(name)
+    if args.pattern == "*":
+        print("families (any name completes them): " + ", ".join(models.families()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="selfens", description="Train, evaluate and list self-ensembles.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, weights)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides (OmegaConf dotlist), e.g. train.epochs=2 data.subset=1000")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained model at every member budget")
+    p.add_argument("model", help="a run directory, or a registered model name")
+    p.add_argument("--data", default="fashion-mnist", help="dataset name (default: fashion-mnist)")
+    p.add_argument("--data-root", default=None, help="where the dataset files are")
+    p.add_argument("--subset", type=int, default=None, help="evaluate on a subset (quick checks)")
+    p.add_argument("--out", required=True, help="directory for metrics.json and budget.png")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("list", help="list registered model names")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'hne-*'")
+    p.set_defaults(func=_list)
+
+    args, extra = parser.parse_known_args(argv)  # overrides may follow the options
+    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit("interrupted; continue with: selfens train CONFIG --out DIR --resume")
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The one contract every method implements: a module whose forward returns member logits shaped (M, B, C)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from .combiners import Combiner, MeanLogits
+
+
+class SelfEnsemble(nn.Module, ABC):
+    """Several member networks in one module, sharing parameters and computation.
+
+    ``model(x, members=k)`` returns the logits of the first ``k`` members (all when ``None``), shaped (k, B, C), and
+    computes only what those members need. ``model.predict(x, members=k)`` combines them into class probabilities
+    (B, C) through ``model.combiner``. Subclasses implement :meth:`forward_members`.
+    """
+
+    def __init__(self, *, num_members: int, num_classes: int, in_chans: int, input_size: tuple[int, int] = (32, 32),
+                 min_input_size: int = 8, combiner: Combiner | None = None):
+        super().__init__()
+        if num_members < 1:
+            raise ValueError(f"num_members must be >= 1, got {num_members}")
+        self.num_members = num_members
+        self.combiner = combiner if combiner is not None else MeanLogits()
+        self.pretrained_cfg: dict[str, Any] = {
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "input_size": (in_chans, *input_size),
+            "min_input_size": min_input_size,
+            "mean": (0.5,) * in_chans,
+            "std": (0.5,) * in_chans,
+        }
+
+    @property
+    def num_classes(self) -> int:
+        return self.pretrained_cfg["num_classes"]
+
+    def budgets(self) -> list[int]:
+        """Member counts worth evaluating (each a valid ``members`` argument), smallest first."""
+        return list(range(1, self.num_members + 1))
+
+    def member_count(self, members: int | None) -> int:
+        """Validate a ``members`` argument and return how many members will run."""
+        if members is None:
+            return self.num_members
+        if not isinstance(members, int) or not 1 <= members <= self.num_members:
+            raise ValueError(f"members must be an int in [1, {self.num_members}] or None, got {members!r}")
+        return members
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse inputs the model cannot take, with a message that says what it expects."""
+        in_chans, min_size = self.pretrained_cfg["in_chans"], self.pretrained_cfg["min_input_size"]
+        if x.ndim != 4:
+            raise ValueError(f"expected a batch of images shaped (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != in_chans:
+            raise ValueError(
+                f"expected {in_chans} input channel(s), got {x.shape[1]} (input shape {tuple(x.shape)}); "
+                f"create the model with in_chans={x.shape[1]} or convert the images"
+            )
+        if min(x.shape[-2:]) < min_size:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than this model's minimum {min_size}x{min_size}; "
+                f"resize the images (the model was built for {self.pretrained_cfg['input_size'][1:]})"
+            )
+
+    def forward(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        m = self.member_count(members)
+        self.check_input(x)
+        return self.forward_members(x, m)
+
+    @abstractmethod
+    def forward_members(self, x: torch.Tensor, members: int) -> torch.Tensor:
+        """Logits (members, B, C) of the first ``members`` members, computing only what they need."""
+
+    def predict(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        """Combined class probabilities (B, C) of the first ``members`` members."""
+        return self.combiner(self(x, members))

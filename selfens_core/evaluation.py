@@ -1,0 +1,73 @@
+"""Evaluation of a self-ensemble at every member budget: accuracy, NLL, ECE, Brier, disagreement, FLOPs."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .data import DatasetInfo, Split, iterate_batches
+from .ensemble import SelfEnsemble
+from .metrics import MetricAccumulator, count_flops, count_params
+
+
+@torch.no_grad()
+def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size: int = 500,
+             device: torch.device | str = "cpu", flops: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Metrics of ``model`` on ``split`` for each budget in ``model.budgets()``.
+
+    All members run once per batch; a budget of ``k`` members combines the first ``k`` member outputs, which is what
+    ``model.predict(x, members=k)`` computes. FLOPs are per image, measured for each budget with
+    ``torch.utils.flop_counter``.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    budgets = model.budgets()
+    acc = MetricAccumulator(model.num_members, budgets)
+    batches = iterate_batches(split, info, batch_size=batch_size, train=False, augment=False, seed=0, epoch=0)
+    for x, y in tqdm(batches, total=-(-len(split) // batch_size), desc="eval", disable=not progress, leave=False):
+        x, y = x.to(device), y.to(device)
+        acc.update(model(x).float().cpu(), y.cpu(), model.combiner)
+    result = acc.compute()
+    if flops:
+        example = torch.zeros(1, *info.input_size, device=device)
+        for k in budgets:
+            result["members"][str(k)]["flops"] = count_flops(model, example, members=k)
+    result["params"] = count_params(model)
+    result["num_samples"] = len(split)
+    model.train(was_training)
+    return result
+
+
+def format_budget_table(metrics: dict[str, Any]) -> str:
+    """A plain-text table of the per-budget metrics, as the CLI prints it."""
+    rows = [f"{'members':>7} {'acc':>7} {'nll':>7} {'ece':>7} {'brier':>7} {'MFLOPs':>9}"]
+    for k, m in metrics["members"].items():
+        mflops = f"{m['flops'] / 1e6:9.1f}" if "flops" in m else f"{'-':>9}"
+        rows.append(f"{k:>7} {m['acc']:7.4f} {m['nll']:7.4f} {m['ece']:7.4f} {m['brier']:7.4f} {mflops}")
+    member_acc = ", ".join(f"{a:.4f}" for a in metrics["member_acc"])
+    rows.append(f"member accuracy: {member_acc}")
+    rows.append(f"disagreement: {metrics['disagreement']:.4f}   params: {metrics['params']:,}")
+    return "\n".join(rows)
+
+
+def plot_budget(metrics: dict[str, Any], path: str, title: str = "") -> None:
+    """Accuracy against FLOPs per image, one point per member budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(metrics["members"])
+    mflops = [metrics["members"][k]["flops"] / 1e6 for k in ks]
+    accs = [100 * metrics["members"][k]["acc"] for k in ks]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(mflops, accs, "o-")
+    for k, x, y in zip(ks, mflops, accs):
+        ax.annotate(k, (x, y), textcoords="offset points", xytext=(4, -10))
+    ax.set(xlabel="MFLOPs per image", ylabel="accuracy (%)", title=title or "accuracy per member budget")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,52 @@
+"""The hook specifications: every way a plugin can extend selfens.
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl` and named like the stubs below. It is
+found through the ``selfens`` entry-point group (built-in methods register exactly the same way). Each hook receives a
+``register`` callback and calls it once per object it provides; an implementation may accept a subset of the
+arguments, and the hook API only ever grows by adding arguments.
+
+Hooks are called once, the first time a registry is needed (``create``, ``list_models``, the CLI), not at import.
+Keep plugin modules import-light: import torch-heavy code inside the functions you register.
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "selfens"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_models(register):
+    """Register model builders (methods' architectures).
+
+    Call ``register(name, builder, **entry_options)`` for each exact model name, and
+    ``register.family(prefix, builder, examples=[...])`` for an open family such as ``prefix-<timm name>``.
+    A builder is ``builder(*, num_classes, in_chans, **kwargs) -> SelfEnsemble`` (family builders also get the
+    suffix as their first positional argument). ``entry_options`` may name the defaults of the model's training
+    recipe: ``distiller=``, ``combiner=``, ``sampler=`` (registered names) and ``description=``.
+    """
+
+
+@hookspec
+def register_combiners(register):
+    """Register combiners: ``register(name, cls)`` where ``cls(**options)`` is a :class:`selfens_core.Combiner`."""
+
+
+@hookspec
+def register_distillers(register):
+    """Register distillers (training objectives): ``register(name, cls)``; ``cls(**options)`` is a
+    :class:`selfens_core.Distiller` that turns member outputs into named loss terms."""
+
+
+@hookspec
+def register_samplers(register):
+    """Register sub-network samplers: ``register(name, cls)``; ``cls(**options)`` is a
+    :class:`selfens_core.Sampler` that decides which members see which batch at each step."""
+
+
+@hookspec
+def register_backbone_adapters(register):
+    """Register backbone adapters: ``register(name, adapter)`` where ``adapter`` is a
+    :class:`selfens_core.backbones.BackboneAdapter` splitting a timm model into stem, stages, neck and classifier."""

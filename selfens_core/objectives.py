@@ -1,0 +1,39 @@
+"""Distillers: the training objective, member outputs → named loss terms (summed by the engine)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Distiller(nn.Module):
+    """Base class. ``forward(outputs, targets, inputs=..., model=...)`` returns ``{term name: scalar loss}``.
+
+    ``outputs`` are member logits (M, B, C). A distiller may own parameters (e.g. discriminators); they are
+    optimised with the model in their own parameter group (``distiller.lr``, default: the model's).
+    """
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor, *, inputs: torch.Tensor | None = None,
+                model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def member_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ_n CE(F_n, y): every member trained on the labels independently."""
+    m, b, c = outputs.shape
+    return F.cross_entropy(outputs.reshape(m * b, c).float(), targets.repeat(m), reduction="sum") / b
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T²·KL(softmax(target/T) ‖ softmax(logits/T)) against a detached target, averaged over the batch
+    (the usual distillation scaling, so gradients keep their size across temperatures)."""
+    log_p = F.log_softmax(logits.float() / temperature, -1)
+    log_q = F.log_softmax(target_logits.detach().float() / temperature, -1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * temperature**2
+
+
+class Independent(Distiller):
+    """Each member trained alone on the labels, as in a deep ensemble: Σ_n CE(F_n, y)."""
+
+    def forward(self, outputs, targets, *, inputs=None, model=None):
+        return {"ce": member_cross_entropy(outputs, targets)}

@@ -1,0 +1,94 @@
+"""Name → object registries filled by plugins, with timm-like lookup and errors that list what exists."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that no plugin registered. The message lists close matches and what exists."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered object and where it came from."""
+
+    name: str
+    obj: T
+    plugin: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """A flat registry of one kind of component (combiners, distillers, ...)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def add(self, name: str, obj: T, *, plugin: str, **options: Any) -> None:
+        if name in self._entries:
+            raise ValueError(
+                f"{self.kind} {name!r} from plugin {plugin!r} is already registered by plugin "
+                f"{self._entries[name].plugin!r}"
+            )
+        self._entries[name] = Entry(name, obj, plugin, options)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(unknown_message(self.kind, name, self.names())) from None
+
+    def get(self, name: str) -> T:
+        return self.entry(name).obj
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+class ModelRegistry(Registry[Callable[..., Any]]):
+    """Model builders by exact name, plus open families (``prefix-<anything>``) resolved by longest prefix."""
+
+    def __init__(self) -> None:
+        super().__init__("model")
+        self._families: dict[str, Entry[Callable[..., Any]]] = {}
+
+    def add_family(self, prefix: str, builder: Callable[..., Any], *, plugin: str, examples: list[str] = (),
+                   **options: Any) -> None:
+        if prefix in self._families:
+            raise ValueError(f"model family {prefix!r}* is already registered by {self._families[prefix].plugin!r}")
+        self._families[prefix] = Entry(prefix, builder, plugin, {"examples": list(examples), **options})
+
+    def names(self, pattern: str = "*") -> list[str]:
+        examples = [e for fam in self._families.values() for e in fam.options["examples"]]
+        return sorted(n for n in {*self._entries, *examples} if fnmatch.fnmatchcase(n, pattern))
+
+    def families(self) -> list[str]:
+        return sorted(f"{prefix}<name>" for prefix in self._families)
+
+    def resolve(self, name: str) -> tuple[Entry[Callable[..., Any]], str | None]:
+        """Return the entry building ``name`` and, for a family, the suffix after its prefix."""
+        if name in self._entries:
+            return self._entries[name], None
+        for prefix in sorted(self._families, key=len, reverse=True):
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return self._families[prefix], name[len(prefix):]
+        raise UnknownNameError(unknown_message("model", name, self.names(), self.families()))
+
+
+def unknown_message(kind: str, name: str, known: list[str], families: list[str] = ()) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    fam = f" Families: {', '.join(families)}." if families else ""
+    return f"Unknown {kind} {name!r}.{hint} Known: {', '.join(known) or '(none)'}.{fam}"

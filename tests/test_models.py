@@ -1,0 +1,196 @@
+"""Contract tests over every registered model name (timm style)."""
+import copy
+import functools
+import math
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import selfens_core
+from selfens_core.backbones import BackboneError, backbone_parts, create_timm
+from selfens_core.metrics import count_flops
+from selfens_core.registry import UnknownNameError
+from plugins.hne.model import HierarchicalEnsemble, build_tree, check_tree_equivalence, tree_branches
+
+# Small but real settings per family, so the whole contract runs in seconds; defaults are exercised below.
+SMALL = {"hne-resnet": dict(num_members=4), "hne-resnet-small": dict(num_members=4),
+         "hne-mobilenetv2": dict(num_members=4), "deep-ensemble-resnet18": dict(num_members=2),
+         "hne-resnet18": dict(num_members=2), "hne-efficientnet_b0": dict(num_members=2),
+         "deep-ensemble-hne-resnet-small": dict(num_members=2)}
+NAMES = selfens_core.list_models()
+
+
+@functools.cache
+def _built(name):
+    return selfens_core.create(name, num_classes=7, in_chans=1, **SMALL.get(name, {}))
+
+
+def build(name):
+    """A fresh copy of a small model (built once per name: timm families verify the tree at build time)."""
+    return copy.deepcopy(_built(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_shape_finite_and_prefix(name):
+    model = build(name).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (model.num_members, 3, 7)
+        assert torch.isfinite(out).all()
+        for k in model.budgets():
+            torch.testing.assert_close(model(x, members=k), out[:k], rtol=1e-4, atol=1e-5)
+        probs = model.predict(x, members=model.budgets()[-1])
+    assert probs.shape == (3, 7)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_reaches_every_parameter(name):
+    model = build(name).train()
+    out = model(torch.randn(4, 1, 32, 32))
+    loss = F.cross_entropy(out.flatten(0, 1), torch.randint(0, 7, (4,)).repeat(out.shape[0]))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reached {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("hne-")])
+def test_grouped_execution_equals_each_member_path(name):
+    model = build(name)
+    with torch.no_grad():  # non-trivial BN statistics, so the check covers running stats too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    check_tree_equivalence(model, torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("name", ["hne-resnet-small", "hne-mobilenetv2"])
+def test_tree_flops_saving_at_paper_size(name):
+    """All N members cost (2^{B+1}-1)/((B+1)·N) of N independent members when blocks cost alike; the paper's
+    architectures have blocks of unequal cost, so check the saving is real and the ordering of budgets."""
+    model = selfens_core.create(name, num_classes=10, in_chans=1).eval()
+    x = torch.zeros(1, 1, 32, 32)
+    flops = {k: count_flops(model, x, members=k) for k in model.budgets()}
+    n = model.num_members
+    assert flops[n] < 0.75 * n * flops[1]
+    assert all(flops[a] < flops[b] for a, b in zip(model.budgets(), model.budgets()[1:]))
+
+
+def test_paper_defaults():
+    assert selfens_core.create("hne-resnet", num_classes=10).num_members == 16
+    assert selfens_core.create("hne-resnet-small", num_classes=10).num_members == 16
+    model = selfens_core.create("hne-mobilenetv2", num_classes=10)
+    assert model.num_members == 8 and model.budgets() == [1, 2, 4, 8]
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_members_not_a_power_of_two_is_rounded_up_with_a_warning():
+    model = selfens_core.create("hne-resnet-small", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.warns(UserWarning, match="members=3 is not a power of two"):
+        out = model(x, members=3)
+    assert out.shape[0] == 4
+    with pytest.raises(ValueError, match=r"members must be an int in \[1, 16\]"):
+        model(x, members=17)
+
+
+def test_input_errors_say_what_is_expected():
+    model = build("hne-resnet-small")
+    with pytest.raises(ValueError, match="expected 1 input channel"):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="smaller than this model's minimum 8x8"):
+        model(torch.randn(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="expected a batch of images"):
+        model(torch.randn(1, 28, 28))
+
+
+@pytest.mark.parametrize("timm_name", ["resnet18", "mobilenetv2_100", "efficientnet_b0"])
+def test_one_member_computes_what_the_timm_model_computes(timm_name):
+    net = create_timm(timm_name, num_classes=5, in_chans=2).eval()
+    n = 4
+    parts = [backbone_parts(copy.deepcopy(net)) for _ in range(n)]
+    stages = len(parts[0].stages)
+    model = build_tree(parts, tree_branches(stages, [stages - 2, stages - 1]), num_classes=5, in_chans=2).eval()
+    x = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        torch.testing.assert_close(model(x, members=1)[0], expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), expected.expand(n, -1, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_that_cannot_be_transformed_says_why():
+    with pytest.raises(BackboneError, match="has no backbone adapter; supported families: efficientnet, resnet"):
+        selfens_core.create("hne-vit_tiny_patch16_224", num_classes=10)
+    with pytest.raises(BackboneError, match="not a timm model"):
+        selfens_core.create("hne-resnet_does_not_exist", num_classes=10)
+
+
+def test_tree_check_catches_channel_mixing():
+    """A block that concatenates channels cannot run group-wise; the build-time check names the problem."""
+    class Concat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return torch.cat([x[:, :2], self.conv(x)], 1)
+
+    from selfens_core.backbones import BackboneParts
+    nets = [BackboneParts(torch.nn.Conv2d(1, 4, 3), [Concat()], torch.nn.Identity(), torch.nn.Linear(4, 3))
+            for _ in range(2)]
+    model = build_tree(nets, [2], num_classes=3, in_chans=1, min_input_size=4)
+    with pytest.raises(BackboneError, match="mixes channels across groups"):
+        check_tree_equivalence(model, torch.randn(1, 1, 8, 8))
+
+
+def test_unsupported_layer_is_named():
+    from selfens_core.backbones import BackboneParts
+    stage = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.GroupNorm(2, 4))
+    nets = [BackboneParts(torch.nn.Conv2d(1, 4, 3), [copy.deepcopy(stage)], torch.nn.Identity(), torch.nn.Linear(4, 3))
+            for _ in range(2)]
+    with pytest.raises(BackboneError, match=r"stage 0: layer '0.1' \(GroupNorm\) cannot be run as a tree"):
+        build_tree(nets, [2], num_classes=3, in_chans=1)
+
+
+def test_unknown_model_name_lists_what_exists():
+    with pytest.raises(UnknownNameError, match=r"Unknown model 'hne-resnet-smal'. Did you mean 'hne-resnet-small'"):
+        selfens_core.create("hne-resnet-smal", num_classes=10)
+    with pytest.raises(UnknownNameError, match="Families: deep-ensemble-<name>, hne-<name>"):
+        selfens_core.create("nope", num_classes=10)
+
+
+def test_unknown_builder_argument_lists_allowed():
+    with pytest.raises(TypeError, match="unknown argument.*num_member.*allowed: num_members"):
+        selfens_core.create("hne-resnet-small", num_classes=10, num_member=4)
+
+
+def test_list_models_wildcards():
+    assert selfens_core.list_models("hne-resnet*") == ["hne-resnet", "hne-resnet-small", "hne-resnet18"]
+    assert selfens_core.list_models() == sorted(selfens_core.list_models())
+
+
+def test_deep_ensemble_members_are_independent_one_member_networks():
+    model = selfens_core.create("deep-ensemble-hne-resnet-small", num_classes=10, in_chans=1, num_members=3)
+    assert model.num_members == 3 and model.budgets() == [1, 2, 3]
+    first, second = (dict(net.named_parameters()) for net in model.networks[:2])
+    assert not torch.equal(first["model.head.weight"], second["model.head.weight"])
+    one = selfens_core.create("hne-resnet-small", num_classes=10, in_chans=1, num_members=1)
+    assert sum(p.numel() for p in model.parameters()) == 3 * sum(p.numel() for p in one.parameters())
+
+
+def test_hne_cost_ratio_matches_the_paper_for_equal_blocks():
+    """With equal-cost blocks the tree's FLOPs ratio is R = 2/(B+1) − 1/((B+1)·2^B) (paper, Section 3.1)."""
+    from selfens_core.backbones import BackboneParts
+    B = 3
+    conv = lambda: torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, bias=False))  # noqa: E731
+    nets = [BackboneParts(torch.nn.Identity(), [conv() for _ in range(B + 1)], torch.nn.Identity(),
+                          torch.nn.Linear(8, 2)) for _ in range(2**B)]
+    model = build_tree(nets, tree_branches(B + 1, [1, 2, 3]), num_classes=2, in_chans=8).eval()
+    x = torch.zeros(1, 8, 8, 8)
+    tree = count_flops(model, x) - count_flops(model.head, torch.zeros(1, 8 * 2**B, 8, 8))
+    single = count_flops(model, x, members=1) - count_flops(model.head, torch.zeros(1, 8, 8, 8))
+    ratio = tree / (2**B * single)
+    assert math.isclose(ratio, 2 / (B + 1) - 1 / ((B + 1) * 2**B), rel_tol=1e-6)
