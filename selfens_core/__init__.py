@@ -1,7 +1,7 @@
 """selfens: self-ensembles in PyTorch — several member networks in one model, trained together, combined at
 inference.
 
->>> model = selfens_core.create("hne-resnet-small", num_classes=10, in_chans=1)
+>>> model = selfens_core.create(name, num_classes=10, in_chans=1)   # a name from list_models()
 >>> probs = model.predict(images, members=4)   # (B, 10) from the first four members
 """
 from .combiners import Combiner

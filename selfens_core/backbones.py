@@ -88,6 +88,12 @@ def backbone_parts(model: nn.Module, name: str = "") -> BackboneParts:
     )
 
 
+def is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
 def create_timm(name: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     """``timm.create_model`` with an error that lists similar names when ``name`` is not a timm model."""
     import timm

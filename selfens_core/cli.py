@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("list", help="list registered model names")
-    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'hne-*'")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. '*resnet*'")
     p.set_defaults(func=_list)
 
     args, extra = parser.parse_known_args(argv)  # overrides may follow the options

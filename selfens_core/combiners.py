@@ -19,7 +19,7 @@ class Combiner(nn.Module):
 
 
 class MeanLogits(Combiner):
-    """Softmax of the mean member logits (HNE, NFE, most self-ensembles)."""
+    """Softmax of the mean member logits (the usual choice for tree and multi-exit self-ensembles)."""
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().mean(0).softmax(-1)

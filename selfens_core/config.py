@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CHOICES = {
@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "hne-resnet-small"
+    name: str = MISSING  # a registered model name (`selfens list`)
     args: Dict[str, Any] = field(default_factory=dict)  # the builder's own arguments, e.g. num_members
 
 
@@ -95,6 +95,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
             raise ConfigError(f"unknown config key {key!r}; allowed here: {_allowed_keys(schema, key)}") from None
         reason = str(error).splitlines()[0]
         raise ConfigError(f"bad value for config key {key!r}: {reason}") from None
+    if OmegaConf.is_missing(cfg.model, "name"):
+        raise ConfigError("config key 'model.name' is required: a registered model name (see `selfens list`)")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

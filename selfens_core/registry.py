@@ -65,10 +65,13 @@ class ModelRegistry(Registry[Callable[..., Any]]):
         self._families: dict[str, Entry[Callable[..., Any]]] = {}
 
     def add_family(self, prefix: str, builder: Callable[..., Any], *, plugin: str, examples: list[str] = (),
-                   **options: Any) -> None:
+                   accepts: Callable[[str], bool] = lambda suffix: True, **options: Any) -> None:
+        """``accepts(suffix)`` tells whether the family can build ``prefix + suffix`` (e.g. a known timm name), so a
+        misspelt exact name is reported as unknown rather than handed to the family."""
         if prefix in self._families:
             raise ValueError(f"model family {prefix!r}* is already registered by {self._families[prefix].plugin!r}")
-        self._families[prefix] = Entry(prefix, builder, plugin, {"examples": list(examples), **options})
+        self._families[prefix] = Entry(prefix, builder, plugin,
+                                       {"examples": list(examples), "accepts": accepts, **options})
 
     def names(self, pattern: str = "*") -> list[str]:
         examples = [e for fam in self._families.values() for e in fam.options["examples"]]
@@ -82,8 +85,9 @@ class ModelRegistry(Registry[Callable[..., Any]]):
         if name in self._entries:
             return self._entries[name], None
         for prefix in sorted(self._families, key=len, reverse=True):
-            if name.startswith(prefix) and len(name) > len(prefix):
-                return self._families[prefix], name[len(prefix):]
+            family, suffix = self._families[prefix], name[len(prefix):]
+            if name.startswith(prefix) and suffix and family.options["accepts"](suffix):
+                return family, suffix
         raise UnknownNameError(unknown_message("model", name, self.names(), self.families()))
 
 

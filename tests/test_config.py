@@ -30,7 +30,7 @@ def test_required_configs_exist():
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, ["model.name=hne-resnet-small", override])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -41,7 +41,12 @@ def test_bad_config_names_the_key(override, message):
 ])
 def test_bad_component_names_the_section(override, message):
     with pytest.raises(ConfigError, match=message):
-        engine.build(load_config(None, ["data.name=fake", "data.subset=16", override]))
+        engine.build(load_config(None, ["model.name=hne-resnet-small", "data.name=fake", "data.subset=16", override]))
+
+
+def test_model_name_is_required():
+    with pytest.raises(ConfigError, match="'model.name' is required"):
+        load_config(None, [])
 
 
 def test_missing_config_file():

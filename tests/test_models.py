@@ -124,7 +124,7 @@ def test_one_member_computes_what_the_timm_model_computes(timm_name):
 def test_backbone_that_cannot_be_transformed_says_why():
     with pytest.raises(BackboneError, match="has no backbone adapter; supported families: efficientnet, resnet"):
         selfens_core.create("hne-vit_tiny_patch16_224", num_classes=10)
-    with pytest.raises(BackboneError, match="not a timm model"):
+    with pytest.raises(UnknownNameError, match="Unknown model 'hne-resnet_does_not_exist'"):
         selfens_core.create("hne-resnet_does_not_exist", num_classes=10)
 
 

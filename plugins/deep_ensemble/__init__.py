@@ -9,8 +9,8 @@ from selfens_core.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from .model import deep_ensemble
+    from .model import deep_ensemble, is_member_architecture
 
-    register.family("deep-ensemble-", deep_ensemble,
+    register.family("deep-ensemble-", deep_ensemble, accepts=is_member_architecture,
                     examples=["deep-ensemble-resnet18", "deep-ensemble-hne-resnet-small"],
                     description="N independent networks", distiller="independent", combiner="mean_probs")

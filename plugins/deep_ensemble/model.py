@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from selfens_core import SelfEnsemble
-from selfens_core.backbones import create_timm
+from selfens_core.backbones import create_timm, is_timm_model
 from selfens_core.factory import create
 from selfens_core.plugins import registries
 from selfens_core.registry import UnknownNameError
@@ -39,6 +39,11 @@ def _is_selfens_model(name: str) -> bool:
     except UnknownNameError:
         return False
     return True
+
+
+def is_member_architecture(name: str) -> bool:
+    """A selfens model or a timm model name."""
+    return _is_selfens_model(name) or is_timm_model(name)
 
 
 def deep_ensemble(architecture: str, *, num_classes: int, in_chans: int = 3, num_members: int = 4,

@@ -14,6 +14,8 @@ from selfens_core.hookspecs import hookimpl
 @hookimpl
 def register_models(register):
     from .architectures import hne_mobilenetv2, hne_resnet, hne_resnet_small
+    from selfens_core.backbones import is_timm_model
+
     from .timm_backbone import hne_timm
 
     recipe = dict(distiller="hne", combiner="mean_logits")
@@ -21,7 +23,7 @@ def register_models(register):
     register("hne-resnet-small", hne_resnet_small, description="HNE_small: half-width CIFAR ResNet HNE", **recipe)
     register("hne-mobilenetv2", hne_mobilenetv2, description="MobileNetV2 HNE, N=8, width 0.75", **recipe)
     register.family("hne-", hne_timm, examples=["hne-resnet18", "hne-mobilenetv2_100", "hne-efficientnet_b0"],
-                    description="HNE tree transform on a timm CNN", **recipe)
+                    accepts=is_timm_model, description="HNE tree transform on a timm CNN", **recipe)
 
 
 @hookimpl
