@@ -108,6 +108,8 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, progres
         start_epoch = load_checkpoint(last, model=_Both(s.model, s.distiller), optimizer=optimizer,
                                       scheduler=scheduler)["epoch"]
         print(f"resuming {out} from {last.name} (epoch {start_epoch} of {cfg.train.epochs})")
+    elif resume:
+        print(f"no checkpoint in {out}: starting a new run")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     eval_split = s.splits.get("val", s.splits["test"])
