@@ -134,7 +134,7 @@ def stack_branches(copies: list[nn.Module]) -> nn.Module:
             replacement = TreeConv2d([m[name] for m in per_copy])
         elif type(module) is nn.BatchNorm2d or isinstance(module, BatchNormAct2d):
             replacement = TreeBatchNorm2d([m[name] for m in per_copy])
-        elif any(True for _ in module.parameters(recurse=False)) or isinstance(module, (nn.Linear, nn.LayerNorm)):
+        elif any(True for _ in module.parameters(recurse=False)):
             raise BackboneError(f"layer {name!r} ({type(module).__name__}) cannot be run as a tree of groups: "
                                 f"only Conv2d, BatchNorm2d and parameter-free layers are supported")
         else:
