@@ -3,13 +3,27 @@ inference.
 
 >>> model = selfens_core.create(name, num_classes=10, in_chans=1)   # a name from list_models()
 >>> probs = model.predict(images, members=4)   # (B, 10) from the first four members
-"""
-from .combiners import Combiner
-from .ensemble import SelfEnsemble
-from .factory import create, list_models
-from .hookspecs import hookimpl
-from .objectives import Distiller
-from .samplers import Pass, Sampler
 
-__all__ = ["Combiner", "Distiller", "Pass", "Sampler", "SelfEnsemble", "create", "hookimpl", "list_models"]
+The public names are imported on first use, so ``import selfens_core`` and ``selfens --help`` stay fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Combiner": "combiners", "Distiller": "objectives", "Pass": "samplers", "Sampler": "samplers",
+    "SelfEnsemble": "ensemble", "create": "factory", "list_models": "factory", "hookimpl": "hookspecs",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'selfens_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
