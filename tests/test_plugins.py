@@ -82,3 +82,12 @@ def test_core_names_no_method():
     hits = [f"{p.name}:{i}" for p in core.glob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert not hits
+
+
+def test_import_and_help_load_no_torch():
+    """Registration is lazy: importing the package or asking the CLI for help must stay fast (no torch)."""
+    import subprocess
+    import sys
+
+    code = "import sys, selfens_core, selfens_core.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
