@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from .evaluation import evaluate
 from .factory import build_component, create, recipe_defaults
 from .optim import make_optimizer, make_scheduler
 from .runs import save_pretrained
+from .samplers import Pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,16 +90,12 @@ def build(cfg: DictConfig) -> Setup:
 def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train from ``cfg`` into ``out_dir``; with ``resume``, continue from its newest checkpoint. Returns the final
     test metrics (also written to ``out_dir/metrics.json``)."""
-    from tqdm.auto import tqdm
-
     out = Path(out_dir)
     last = latest_checkpoint(out) if out.exists() else None
     if last is not None and not resume:
         raise FileExistsError(f"{out} already holds a run (checkpoint {last.name}); pass --resume to continue it "
                               f"or choose another --out")
     s = build(cfg)
-    params = [p for p in s.model.parameters() if p.requires_grad]
-    combiner_params = [p for p in s.model.combiner.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.train, s.model, s.distiller)
     steps_per_epoch = num_batches(s.splits["train"], cfg.train.batch_size, drop_last=True)
     scheduler = make_scheduler(cfg.train, optimizer, steps_per_epoch)
@@ -112,62 +108,83 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, progres
         print(f"no checkpoint in {out}: starting a new run")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    eval_split = s.splits.get("val", s.splits["test"])
-    autocast = (torch.autocast(s.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-                else contextlib.nullcontext())
     for epoch in range(start_epoch, cfg.train.epochs):
-        s.model.train()
-        sums: dict[str, float] = {}
         started = time.perf_counter()
-        batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
-                                  augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True)
-        generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not progress, mininterval=1.0)
-        for step, (x, y) in enumerate(bar):
-            optimizer.zero_grad(set_to_none=True)
-            for p in s.sampler.plan(x, y, epoch=epoch, num_epochs=cfg.train.epochs, generator=generator):
-                inputs = p.inputs.to(s.device, non_blocking=True)
-                if cfg.train.channels_last:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                targets = p.targets.to(s.device, non_blocking=True)
-                with autocast:
-                    outputs = s.model(inputs, members=p.members)
-                    terms = s.distiller(outputs, targets, inputs=inputs, model=s.model)
-                    if combiner_params:
-                        terms["combiner"] = s.model.combiner.loss(outputs.detach(), targets)
-                loss = sum(terms.values())
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
-                        f"{epoch * steps_per_epoch + step + 1}; terms: {_fmt(terms)}). Training stopped; the last "
-                        f"good checkpoint is {latest_checkpoint(out) or 'none (no epoch finished)'}. Try a lower "
-                        f"train.lr, train.warmup_epochs or train.grad_clip.")
-                loss.backward()
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.item()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{sum(sums.values()) / (step + 1):.3f}", refresh=False)
-        seconds = time.perf_counter() - started
-        val = evaluate(s.model, eval_split, s.info, batch_size=cfg.data.eval_batch_size, device=s.device, flops=False)
-        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
-                  "images_per_s": round(steps_per_epoch * cfg.train.batch_size / seconds, 1),
-                  "loss": {k: v / steps_per_epoch for k, v in sums.items()},
-                  "val_acc": {k: m["acc"] for k, m in val["members"].items()}}
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f}  val acc by members "
-              + " ".join(f"{k}:{a:.4f}" for k, a in record["val_acc"].items()) + f"  ({seconds:.0f}s)")
+        losses = _train_epoch(s, cfg, epoch, optimizer, scheduler, out, progress)
+        _log_epoch(s, cfg, out, epoch, losses, time.perf_counter() - started, scheduler.get_last_lr()[0])
         _save(out, epoch + 1, s, optimizer, scheduler, cfg.train.keep_checkpoints)
     metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=cfg.data.eval_batch_size, device=s.device)
     metrics["split"] = "test"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     save_pretrained(s.model.cpu(), out)
     return metrics
+
+
+def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, out: Path,
+                 progress: bool) -> dict[str, float]:
+    """One epoch of steps; returns the mean of each loss term."""
+    from tqdm.auto import tqdm
+
+    s.model.train()
+    steps = num_batches(s.splits["train"], cfg.train.batch_size, drop_last=True)
+    batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
+                              augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True)
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    autocast = (torch.autocast(s.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+                else contextlib.nullcontext())
+    sums: dict[str, float] = {}
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress,
+               mininterval=1.0)
+    for step, (x, y) in enumerate(bar):
+        optimizer.zero_grad(set_to_none=True)
+        for p in s.sampler.plan(x, y, epoch=epoch, num_epochs=cfg.train.epochs, generator=generator):
+            with autocast:
+                terms = _loss_terms(s, cfg, p)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
+                    f"{epoch * steps + step + 1}; terms: {_fmt(terms)}). Training stopped; the last good "
+                    f"checkpoint is {latest_checkpoint(out) or 'none (no epoch finished)'}. Try a lower train.lr, "
+                    f"train.warmup_epochs or train.grad_clip.")
+            loss.backward()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(sums.values()) / (step + 1):.3f}", refresh=False)
+    return {k: v / steps for k, v in sums.items()}
+
+
+def _loss_terms(s: Setup, cfg: DictConfig, p: Pass) -> dict[str, torch.Tensor]:
+    """The named loss terms of one pass: the distiller's, plus a trainable combiner's own on detached outputs."""
+    inputs = p.inputs.to(s.device, non_blocking=True)
+    if cfg.train.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    targets = p.targets.to(s.device, non_blocking=True)
+    outputs = s.model(inputs, members=p.members)
+    terms = s.distiller(outputs, targets, inputs=inputs, model=s.model)
+    if any(q.requires_grad for q in s.model.combiner.parameters()):
+        terms["combiner"] = s.model.combiner.loss(outputs.detach(), targets)
+    return terms
+
+
+def _log_epoch(s: Setup, cfg: DictConfig, out: Path, epoch: int, losses: dict[str, float], seconds: float,
+               lr: float) -> None:
+    """Validation accuracy per budget; one line to metrics.jsonl and one to the console."""
+    split = s.splits.get("val", s.splits["test"])
+    val = evaluate(s.model, split, s.info, batch_size=cfg.data.eval_batch_size, device=s.device, flops=False)
+    steps = num_batches(s.splits["train"], cfg.train.batch_size, drop_last=True)
+    record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
+              "images_per_s": round(steps * cfg.train.batch_size / seconds, 1), "loss": losses,
+              "val_acc": {k: m["acc"] for k, m in val["members"].items()}}
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"epoch {epoch + 1}: loss {sum(losses.values()):.4f}  val acc by members "
+          + " ".join(f"{k}:{a:.4f}" for k, a in record["val_acc"].items()) + f"  ({seconds:.0f}s)")
 
 
 class _Both(torch.nn.Module):

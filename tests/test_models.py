@@ -2,17 +2,16 @@
 import copy
 import functools
 import math
-import warnings
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 import selfens_core
+from plugins.hne.model import build_tree, check_tree_equivalence, tree_branches
 from selfens_core.backbones import BackboneError, backbone_parts, create_timm
 from selfens_core.metrics import count_flops
 from selfens_core.registry import UnknownNameError
-from plugins.hne.model import HierarchicalEnsemble, build_tree, check_tree_equivalence, tree_branches
 
 # Small but real settings per family, so the whole contract runs in seconds; defaults are exercised below.
 SMALL = {"hne-resnet": dict(num_members=4), "hne-resnet-small": dict(num_members=4),

@@ -1,4 +1,4 @@
-"""Discovery through the `selfens` entry-point group: built-ins register like any plugin; a broken plugin is contained."""
+"""Discovery through the `selfens` entry-point group: built-ins register like any plugin, a broken one is contained."""
 import importlib.metadata
 import types
 

@@ -13,9 +13,9 @@ from selfens_core.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from .architectures import hne_mobilenetv2, hne_resnet, hne_resnet_small
     from selfens_core.backbones import is_timm_model
 
+    from .architectures import hne_mobilenetv2, hne_resnet, hne_resnet_small
     from .timm_backbone import hne_timm
 
     recipe = dict(distiller="hne", combiner="mean_logits")

@@ -40,7 +40,8 @@ def hne_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members:
     if len(split_stages) != splits:
         raise ValueError(f"{num_members} members need {splits} split stages, got split_stages={split_stages}")
     if splits > len(parts[0].stages):
-        raise BackboneError(f"{backbone} has {len(parts[0].stages)} stages: at most {2 ** len(parts[0].stages)} members")
+        stages = len(parts[0].stages)
+        raise BackboneError(f"{backbone} has {stages} stages: at most {2**stages} members")
     branches = tree_branches(len(parts[0].stages), list(split_stages))
     model = build_tree(parts, branches, num_classes=num_classes, in_chans=in_chans, input_size=(32, 32),
                        min_input_size=16)

@@ -106,8 +106,8 @@ class TreeLinearHead(nn.Module):
 
     def __init__(self, plain: list[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([l.weight.detach().t() for l in plain]).clone())  # (N, C, K)
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in plain]).clone())  # (N, K)
+        self.weight = nn.Parameter(torch.stack([lin.weight.detach().t() for lin in plain]).clone())  # (N, C, K)
+        self.bias = nn.Parameter(torch.stack([lin.bias.detach() for lin in plain]).clone())  # (N, K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[1] // self.weight.shape[1], self.weight.shape[1]
