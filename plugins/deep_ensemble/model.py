@@ -54,10 +54,9 @@ def deep_ensemble(architecture: str, *, num_classes: int, in_chans: int = 3, num
         raise ValueError(f"num_members must be >= 1, got {num_members}")
     args = dict(num_classes=num_classes, in_chans=in_chans)
     if _is_selfens_model(architecture):
-        first = create(architecture, num_members=1, **args, **member_args)
-        networks = [OneMember(first)] + [OneMember(create(architecture, num_members=1, **args, **member_args))
-                                         for _ in range(num_members - 1)]
-        cfg = first.pretrained_cfg
-        return DeepEnsemble(networks, **args, input_size=cfg["input_size"][1:], min_input_size=cfg["min_input_size"])
+        members = [create(architecture, num_members=1, **args, **member_args) for _ in range(num_members)]
+        cfg = members[0].pretrained_cfg
+        return DeepEnsemble([OneMember(m) for m in members], **args, input_size=cfg["input_size"][1:],
+                            min_input_size=cfg["min_input_size"])
     networks = [create_timm(architecture, **args, **member_args) for _ in range(num_members)]
     return DeepEnsemble(networks, **args, input_size=(32, 32), min_input_size=16)
