@@ -11,4 +11,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z
 fi
 out=runs/demo-$(date +%Y%m%d-%H%M%S)
 .venv/bin/selfens train configs/hne-resnet-small-fmnist.yaml --out "$out" \
-  data.subset=3000 train.epochs=2 train.lr=0.05 train.warmup_epochs=0.3 train.channels_last=true "$@"
+  data.subset=6000 train.epochs=3 train.warmup_epochs=0.3 train.channels_last=true "$@"
