@@ -43,6 +43,7 @@ class Setup:
     info: DatasetInfo
     splits: dict[str, Split]
     device: torch.device
+    steps_per_epoch: int
 
 
 def pick_device(name: str) -> torch.device:
@@ -84,7 +85,8 @@ def build(cfg: DictConfig) -> Setup:
     distiller.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Setup(model, distiller, sampler, info, splits, device)
+    steps = num_batches(splits["train"], cfg.train.batch_size, drop_last=True)
+    return Setup(model, distiller, sampler, info, splits, device, steps)
 
 
 def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -97,8 +99,7 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, progres
                               f"or choose another --out")
     s = build(cfg)
     optimizer = make_optimizer(cfg.train, s.model, s.distiller)
-    steps_per_epoch = num_batches(s.splits["train"], cfg.train.batch_size, drop_last=True)
-    scheduler = make_scheduler(cfg.train, optimizer, steps_per_epoch)
+    scheduler = make_scheduler(cfg.train, optimizer, s.steps_per_epoch)
     start_epoch = 0
     if resume and last is not None:
         start_epoch = load_checkpoint(last, model=_Both(s.model, s.distiller), optimizer=optimizer,
@@ -126,7 +127,7 @@ def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, ou
     from tqdm.auto import tqdm
 
     s.model.train()
-    steps = num_batches(s.splits["train"], cfg.train.batch_size, drop_last=True)
+    steps = s.steps_per_epoch
     batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
                               augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True)
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
@@ -177,7 +178,7 @@ def _log_epoch(s: Setup, cfg: DictConfig, out: Path, epoch: int, losses: dict[st
     """Validation accuracy per budget; one line to metrics.jsonl and one to the console."""
     split = s.splits.get("val", s.splits["test"])
     val = evaluate(s.model, split, s.info, batch_size=cfg.data.eval_batch_size, device=s.device, flops=False)
-    steps = num_batches(s.splits["train"], cfg.train.batch_size, drop_last=True)
+    steps = s.steps_per_epoch
     record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
               "images_per_s": round(steps * cfg.train.batch_size / seconds, 1), "loss": losses,
               "val_acc": {k: m["acc"] for k, m in val["members"].items()}}
