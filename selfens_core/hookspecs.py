@@ -3,7 +3,12 @@
 A plugin is a module (or object) with functions decorated by :data:`hookimpl` and named like the stubs below. It is
 found through the ``selfens`` entry-point group (built-in methods register exactly the same way). Each hook receives a
 ``register`` callback and calls it once per object it provides; an implementation may accept a subset of the
-arguments, and the hook API only ever grows by adding arguments.
+arguments, and the hook API only ever grows by adding arguments. The tutorial and a section per hook are in
+``docs/plugins.md``.
+
+Names are unique per registry. Built-in plugins register first and their names are reserved: a plugin replaces one
+only by passing ``replace=True`` (``register("mean_probs", MyMeanProbs, replace=True)``). Any other name clash is
+reported as a failure of the plugin that registered second, naming both.
 
 Hooks are called once, the first time a registry is needed (``create``, ``list_models``, the CLI), not at import.
 Keep plugin modules import-light: import torch-heavy code inside the functions you register.
@@ -19,7 +24,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def register_models(register):
-    """Register model builders (methods' architectures).
+    """Register methods: model builders and their training recipes.
 
     Call ``register(name, builder, **entry_options)`` for each exact model name, and
     ``register.family(prefix, builder, examples=[...])`` for an open family such as ``prefix-<timm name>``.
@@ -50,3 +55,9 @@ def register_samplers(register):
 def register_backbone_adapters(register):
     """Register backbone adapters: ``register(name, adapter)`` where ``adapter`` is a
     :class:`selfens_core.backbones.BackboneAdapter` splitting a timm model into stem, stages, neck and classifier."""
+
+
+@hookspec
+def register_zoo_sources(register):
+    """Register zoo sources: ``register(name, directory)`` where ``directory`` holds zoo entries, one sub-folder per
+    entry with its ``manifest.json`` and optionally the bundled files. Called when the zoo is first listed or loaded."""

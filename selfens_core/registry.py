@@ -24,6 +24,26 @@ class Entry(Generic[T]):
     obj: T
     plugin: str
     options: dict[str, Any] = field(default_factory=dict)
+    version: str | None = None  # the plugin's distribution version; None for a plugin registered in-process
+    builtin: bool = False  # registered by selfens itself: the name is reserved (see check_free)
+
+
+class NameConflictError(ValueError):
+    """A plugin registered a name that another plugin already holds."""
+
+
+def check_free(kind: str, entries: dict[str, Entry[Any]], name: str, plugin: str, replace: bool) -> None:
+    """Refuse to register ``name`` again, except to replace a built-in entry on purpose (``replace=True``).
+
+    Built-ins register first, so a third-party plugin cannot take a built-in name by accident, and two third-party
+    plugins that want one name are reported rather than resolved by load order.
+    """
+    held = entries.get(name)
+    if held is None or (replace and held.builtin):
+        return
+    hint = "; it is built in: pass replace=True to replace it" if held.builtin else ""
+    raise NameConflictError(f"{kind} {name!r} from plugin {plugin!r} is already registered by plugin "
+                            f"{held.plugin!r}{hint}")
 
 
 class Registry(Generic[T]):
@@ -33,16 +53,19 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def add(self, name: str, obj: T, *, plugin: str, **options: Any) -> None:
-        if name in self._entries:
-            raise ValueError(
-                f"{self.kind} {name!r} from plugin {plugin!r} is already registered by plugin "
-                f"{self._entries[name].plugin!r}"
-            )
-        self._entries[name] = Entry(name, obj, plugin, options)
+    def add(self, name: str, obj: T, *, plugin: str, version: str | None = None, builtin: bool = False,
+            replace: bool = False, **options: Any) -> None:
+        """Register ``obj`` as ``name`` on behalf of ``plugin``; :class:`NameConflictError` if the name is taken
+        (see :func:`check_free`)."""
+        check_free(self.kind, self._entries, name, plugin, replace)
+        self._entries[name] = Entry(name, obj, plugin, options, version, builtin)
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def registered_by(self, plugin: str) -> list[str]:
+        """The names one plugin registered here."""
+        return sorted(n for n, e in self._entries.items() if e.plugin == plugin)
 
     def entry(self, name: str) -> Entry[T]:
         try:
@@ -64,14 +87,14 @@ class ModelRegistry(Registry[Callable[..., Any]]):
         super().__init__("model")
         self._families: dict[str, Entry[Callable[..., Any]]] = {}
 
-    def add_family(self, prefix: str, builder: Callable[..., Any], *, plugin: str, examples: list[str] = (),
+    def add_family(self, prefix: str, builder: Callable[..., Any], *, plugin: str, version: str | None = None,
+                   builtin: bool = False, replace: bool = False, examples: list[str] = (),
                    accepts: Callable[[str], bool] = lambda suffix: True, **options: Any) -> None:
         """``accepts(suffix)`` tells whether the family can build ``prefix + suffix`` (e.g. a known timm name), so a
         misspelt exact name is reported as unknown rather than handed to the family."""
-        if prefix in self._families:
-            raise ValueError(f"model family {prefix!r}* is already registered by {self._families[prefix].plugin!r}")
+        check_free("model family", self._families, prefix, plugin, replace)
         self._families[prefix] = Entry(prefix, builder, plugin,
-                                       {"examples": list(examples), "accepts": accepts, **options})
+                                       {"examples": list(examples), "accepts": accepts, **options}, version, builtin)
 
     def names(self, pattern: str = "*") -> list[str]:
         examples = [e for fam in self._families.values() for e in fam.options["examples"]]
@@ -79,6 +102,11 @@ class ModelRegistry(Registry[Callable[..., Any]]):
 
     def families(self) -> list[str]:
         return sorted(f"{prefix}<name>" for prefix in self._families)
+
+    def registered_by(self, plugin: str) -> list[str]:
+        """The exact names and the families (``prefix<name>``) one plugin registered."""
+        families = [f"{p}<name>" for p, e in self._families.items() if e.plugin == plugin]
+        return sorted([*super().registered_by(plugin), *families])
 
     def resolve(self, name: str) -> tuple[Entry[Callable[..., Any]], str | None]:
         """Return the entry building ``name`` and, for a family, the suffix after its prefix."""

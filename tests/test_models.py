@@ -1,14 +1,14 @@
-"""Contract tests over every registered model name (timm style)."""
+"""Contract tests over every registered model name (timm style; the checks live in selfens_core.testing)."""
 import copy
 import functools
 import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 import selfens_core
 from plugins.hne.model import build_tree, check_tree_equivalence, tree_branches
+from selfens_core import testing
 from selfens_core.backbones import BackboneError, backbone_parts, create_timm
 from selfens_core.metrics import count_flops
 from selfens_core.registry import UnknownNameError
@@ -17,7 +17,8 @@ from selfens_core.registry import UnknownNameError
 SMALL = {"hne-resnet": dict(num_members=4), "hne-resnet-small": dict(num_members=4),
          "hne-mobilenetv2": dict(num_members=4), "deep-ensemble-resnet18": dict(num_members=2),
          "hne-resnet18": dict(num_members=2), "hne-efficientnet_b0": dict(num_members=2),
-         "deep-ensemble-hne-resnet-small": dict(num_members=2)}
+         "deep-ensemble-hne-resnet-small": dict(num_members=2), "ienet-mobilenetv2": dict(widths=[0.5, 1.0]),
+         "ienet-resnet18": dict(widths=[0.5, 1.0]), "ienet-efficientnet_b0": dict(widths=[0.5, 1.0])}
 NAMES = selfens_core.list_models()
 
 
@@ -33,27 +34,22 @@ def build(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_shape_finite_and_prefix(name):
-    model = build(name).eval()
-    x = torch.randn(3, 1, 28, 28)
-    with torch.no_grad():
-        out = model(x)
-        assert out.shape == (model.num_members, 3, 7)
-        assert torch.isfinite(out).all()
-        for k in model.budgets():
-            torch.testing.assert_close(model(x, members=k), out[:k], rtol=1e-4, atol=1e-5)
-        probs = model.predict(x, members=model.budgets()[-1])
-    assert probs.shape == (3, 7)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    testing.check_forward(build(name), image_size=28)  # Fashion-MNIST's size, not the models' default 32
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_backward_reaches_every_parameter(name):
-    model = build(name).train()
-    out = model(torch.randn(4, 1, 32, 32))
-    loss = F.cross_entropy(out.flatten(0, 1), torch.randint(0, 7, (4,)).repeat(out.shape[0]))
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient reached {missing[:5]}"
+    testing.check_backward(build(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip(name):
+    testing.check_save_load(build(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_reports_every_metric_per_budget(name):
+    testing.check_eval_metrics(build(name))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("hne-")])
