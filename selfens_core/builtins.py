@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from .backbones import BUILTIN_ADAPTERS
-from .combiners import MeanLogits, MeanProbs
+from .combiners import MeanLogits, MeanProbs, Stacking, Voting, WeightedMean
 from .hookspecs import hookimpl
 from .objectives import Independent
-from .samplers import AllMembers
+from .samplers import AllMembers, ShuffledPerMember
 
 
 @hookimpl
 def register_combiners(register):
     register("mean_logits", MeanLogits)
     register("mean_probs", MeanProbs)
+    register("voting", Voting)
+    register("stacking", Stacking)
+    register("weighted", WeightedMean)
 
 
 @hookimpl
@@ -22,6 +25,7 @@ def register_distillers(register):
 @hookimpl
 def register_samplers(register):
     register("all", AllMembers)
+    register("shuffled", ShuffledPerMember)
 
 
 @hookimpl

@@ -48,7 +48,8 @@ def format_budget_table(metrics: dict[str, Any]) -> str:
         rows.append(f"{k:>7} {m['acc']:7.4f} {m['nll']:7.4f} {m['ece']:7.4f} {m['brier']:7.4f} {mflops}")
     member_acc = ", ".join(f"{a:.4f}" for a in metrics["member_acc"])
     rows.append(f"member accuracy: {member_acc}")
-    rows.append(f"disagreement: {metrics['disagreement']:.4f}   params: {metrics['params']:,}")
+    rows.append(f"disagreement: {metrics['disagreement']:.4f}   agreement (all members agree, K/N): "
+                f"{metrics['agreement']:.4f}   params: {metrics['params']:,}")
     return "\n".join(rows)
 
 

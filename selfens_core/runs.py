@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .checkpoint import load_weights, save_weights
 from .ensemble import SelfEnsemble
-from .factory import create
+from .factory import build_component, create
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -27,8 +27,11 @@ def load_pretrained(directory: str | Path) -> SelfEnsemble:
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} is not a trained model directory: {CONFIG_FILE} is missing")
     cfg = json.loads(config_file.read_text())
+    combiner = cfg.get("combiner")
+    if combiner is not None:  # with the options it was trained with (e.g. the voting seed)
+        combiner = build_component("combiners", combiner, cfg.get("combiner_args"))
     model = create(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
-                   combiner=cfg.get("combiner"), **cfg.get("build_args", {}))
+                   combiner=combiner, **cfg.get("build_args", {}))
     load_weights(directory / WEIGHTS_FILE, model, strict=True)
     model.pretrained_cfg.update(cfg)
     return model.eval()
