@@ -26,7 +26,7 @@ from .evaluation import evaluate
 from .factory import build_component, create, recipe_defaults
 from .optim import make_optimizer, make_scheduler
 from .runs import save_pretrained
-from .samplers import Pass
+from .samplers import Pass, plan_passes
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,7 +66,7 @@ def _component(cfg: DictConfig, kind: str, registry: str, default: str) -> Any:
 def build(cfg: DictConfig) -> Setup:
     """Resolve the config into model, components and data; every error names the config key at fault."""
     torch.manual_seed(cfg.train.seed)
-    _, distiller = _component(cfg, "distiller", "distillers", "independent")
+    distiller_name, distiller = _component(cfg, "distiller", "distillers", "independent")
     _, sampler = _component(cfg, "sampler", "samplers", "all")
     combiner_name, combiner = _component(cfg, "combiner", "combiners", "mean_logits")
     info, splits = load_dataset(cfg.data.name, root=cfg.data.root, subset=cfg.data.subset,
@@ -77,9 +77,14 @@ def build(cfg: DictConfig) -> Setup:
     except (TypeError, ValueError, KeyError) as error:
         raise ConfigError(f"model (name {cfg.model.name!r}): {error}") from None
     model.pretrained_cfg.update(
-        combiner=combiner_name, input_size=info.input_size, mean=info.mean, std=info.std,
-        class_names=list(info.class_names), dataset=info.name,
+        combiner=combiner_name, combiner_args=OmegaConf.to_container(cfg.combiner.args), input_size=info.input_size,
+        mean=info.mean, std=info.std, class_names=list(info.class_names), dataset=info.name,
     )
+    if hasattr(distiller, "attach"):  # hooks and parameters sized from the model, before the optimizer exists
+        try:
+            distiller.attach(model)
+        except ValueError as error:
+            raise ConfigError(f"distiller (name {distiller_name!r}): {error}") from None
     device = pick_device(cfg.train.device)
     model.to(device)
     distiller.to(device)
@@ -116,6 +121,9 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, progres
         _save(out, epoch + 1, s, optimizer, scheduler, cfg.train.keep_checkpoints)
     metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=cfg.data.eval_batch_size, device=s.device)
     metrics["split"] = "test"
+    described = s.distiller.describe() if hasattr(s.distiller, "describe") else {}
+    if described:  # e.g. the teachers a distiller used and their resolved revisions
+        metrics["distiller"] = described
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     save_pretrained(s.model.cpu(), out)
     return metrics
@@ -138,7 +146,8 @@ def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, ou
                mininterval=1.0)
     for step, (x, y) in enumerate(bar):
         optimizer.zero_grad(set_to_none=True)
-        for p in s.sampler.plan(x, y, epoch=epoch, num_epochs=cfg.train.epochs, generator=generator):
+        for p in plan_passes(s.sampler, x, y, epoch=epoch, num_epochs=cfg.train.epochs, generator=generator,
+                             progress=(epoch + step / steps) / cfg.train.epochs, num_members=s.model.num_members):
             with autocast:
                 terms = _loss_terms(s, cfg, p)
             loss = sum(terms.values())
@@ -161,14 +170,15 @@ def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, ou
 
 
 def _loss_terms(s: Setup, cfg: DictConfig, p: Pass) -> dict[str, torch.Tensor]:
-    """The named loss terms of one pass: the distiller's, plus a trainable combiner's own on detached outputs."""
+    """The named loss terms of one pass: the distiller's, plus a trainable combiner's own on detached outputs of a
+    pass that runs every member on one batch."""
     inputs = p.inputs.to(s.device, non_blocking=True)
     if cfg.train.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     targets = p.targets.to(s.device, non_blocking=True)
     outputs = s.model(inputs, members=p.members)
     terms = s.distiller(outputs, targets, inputs=inputs, model=s.model)
-    if any(q.requires_grad for q in s.model.combiner.parameters()):
+    if p.runs_all(s.model.num_members) and any(q.requires_grad for q in s.model.combiner.parameters()):
         terms["combiner"] = s.model.combiner.loss(outputs.detach(), targets)
     return terms
 

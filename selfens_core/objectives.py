@@ -1,6 +1,8 @@
 """Distillers: the training objective, member outputs → named loss terms (summed by the engine)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -10,8 +12,24 @@ class Distiller(nn.Module):
     """Base class. ``forward(outputs, targets, inputs=..., model=...)`` returns ``{term name: scalar loss}``.
 
     ``outputs`` are member logits (M, B, C). A distiller may own parameters (e.g. discriminators); they are
-    optimised with the model in their own parameter group (``distiller.lr``, default: the model's).
+    optimised with the model in their own parameter group (``distiller.lr``, default: the model's), and saved in the
+    run's checkpoints. Frozen helpers (e.g. teacher networks) are kept out of the distiller's ``state_dict`` and
+    ``parameters()``, so they are neither trained nor checkpointed.
+
+    The engine calls :meth:`attach` once, after the model is built and before the optimizer is made, and
+    :meth:`describe` once, when training ends.
     """
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once with the model to train (on the CPU, its ``pretrained_cfg`` holding the dataset's
+        ``num_classes``, ``in_chans``, ``input_size``, ``mean`` and ``std``) before the optimizer is made: register
+        forward hooks on it, check it, and build parameters sized from its features. A ``ValueError`` is reported as a
+        configuration error of the distiller. The default does nothing."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable facts about what the distiller used (e.g. teachers and their resolved revisions),
+        recorded under ``"distiller"`` in the run's ``metrics.json``. The default records nothing."""
+        return {}
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, *, inputs: torch.Tensor | None = None,
                 model: nn.Module | None = None) -> dict[str, torch.Tensor]:

@@ -6,9 +6,12 @@ from selfens_core import engine
 from selfens_core.config import ConfigError, load_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+# Configs that distil pretrained teachers need teachers trained on their data: their plugin's tests build them with
+# stand-in teachers (tests/test_meal.py).
+SELF_CONTAINED = [p for p in CONFIGS if "teachers:" not in p.read_text()]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SELF_CONTAINED, ids=lambda p: p.name)
 def test_shipped_configs_resolve(path):
     cfg = load_config(path, ["data.name=fake", "data.subset=16"])
     setup = engine.build(cfg)
