@@ -3,6 +3,7 @@ inference.
 
 >>> model = selfens_core.create(name, num_classes=10, in_chans=1)   # a name from list_models()
 >>> probs = model.predict(images, members=4)   # (B, 10) from the first four members
+>>> model = selfens_core.load("resnet10t.fmnist")   # pretrained, from the zoo (list_models(pretrained=True))
 
 The public names are imported on first use, so ``import selfens_core`` and ``selfens --help`` stay fast.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "Combiner": "combiners", "Distiller": "objectives", "Pass": "samplers", "Sampler": "samplers",
-    "SelfEnsemble": "ensemble", "create": "factory", "list_models": "factory", "hookimpl": "hookspecs",
+    "SelfEnsemble": "ensemble", "create": "factory", "list_models": "factory", "load": "zoo", "hookimpl": "hookspecs",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -7,6 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import cli_zoo
+
 
 def _train(args: argparse.Namespace) -> None:
     from .config import load_config
@@ -21,7 +23,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from . import create
+    from . import create, load
     from .data import load_dataset
     from .evaluation import evaluate, format_budget_table, plot_budget
     from .runs import load_pretrained
@@ -29,6 +31,8 @@ def _eval(args: argparse.Namespace) -> None:
     info, splits = load_dataset(args.data, root=args.data_root, subset=args.subset)
     if Path(args.model).is_dir():
         model = load_pretrained(args.model)
+    elif _is_pretrained_ref(args.model):
+        model = load(args.model)
     else:
         warnings.warn(f"{args.model!r} is not a run directory: evaluating an untrained model", stacklevel=1)
         model = create(args.model, num_classes=info.num_classes, in_chans=info.in_chans).eval()
@@ -46,6 +50,13 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'metrics.json'} and {out / 'budget.png'}")
 
 
+def _is_pretrained_ref(ref: str) -> bool:
+    from .zoo import entries
+
+    return ref.startswith(("hf-hub:", "local-dir:")) or ref in {n for e in entries().values() for n in
+                                                                  (e.name, e.full_name)}
+
+
 def _list(args: argparse.Namespace) -> None:
     from .plugins import registries
 
@@ -54,6 +65,25 @@ def _list(args: argparse.Namespace) -> None:
         print(name)
     if args.pattern == "*":
         print("families (any name completes them): " + ", ".join(models.families()))
+
+
+def _plugins(args: argparse.Namespace) -> None:
+    from .plugins import registries
+
+    report = registries().report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    for plugin in report:
+        origin = plugin["distribution"] or "in-process"
+        flags = [origin] + ["built in"] * plugin["builtin"] + ["DISABLED"] * plugin["disabled"]
+        print(f"{plugin['name']} {plugin['version'] or '-'} ({', '.join(flags)})")
+        if plugin["hooks"]:
+            print(f"  hooks: {', '.join(plugin['hooks'])}")
+        for kind, names in plugin["registered"].items():
+            print(f"  {kind}: {', '.join(names)}")
+        for failure in plugin["failures"]:
+            print(f"  FAILED: {failure}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a trained model at every member budget")
-    p.add_argument("model", help="a run directory, or a registered model name")
+    p.add_argument("model", help="a run directory, a zoo entry (NAME[.TAG], hf-hub:ORG/REPO[@REV], local-dir:PATH), "
+                   "or a registered model name (untrained)")
     p.add_argument("--data", default="fashion-mnist", help="dataset name (default: fashion-mnist)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--subset", type=int, default=None, help="evaluate on a subset (quick checks)")
@@ -80,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("list", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. '*resnet*'")
     p.set_defaults(func=_list)
+
+    p = sub.add_parser("plugins", help="list plugins: version, hooks, what each registered, failures")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_plugins)
+
+    cli_zoo.add_parser(sub)
 
     args, extra = parser.parse_known_args(argv)  # overrides may follow the options
     if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):

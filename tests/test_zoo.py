@@ -1,0 +1,140 @@
+"""The model zoo without a network: export (Hub layout, card, manifest), load from the bundled copy, integrity and
+strictness, name resolution, the CLI, and push with HfApi mocked. Hub downloads are in test_zoo_hub.py."""
+import json
+import shutil
+from unittest import mock
+
+import pytest
+import torch
+
+import selfens_core
+from selfens_core.checkpoint import CheckpointError
+from selfens_core.cli import main
+from selfens_core.data import load_dataset
+from selfens_core.evaluation import evaluate
+from selfens_core.hub import IntegrityError, sha256_file
+from selfens_core.publish import push_entry
+from selfens_core.registry import UnknownNameError
+from selfens_core.zoo import MANIFEST_FILE, ZooUnavailableError, list_pretrained, resolve
+
+
+def test_export_writes_the_hub_layout_with_pinned_hashes(exported):
+    files = sorted(p.name for p in exported.directory.iterdir())
+    assert files == ["README.md", "config.json", "manifest.json", "metrics.json", "model.safetensors"]
+    manifest = json.loads((exported.directory / MANIFEST_FILE).read_text())
+    for name, pinned in manifest["files"].items():
+        assert pinned == {"sha256": sha256_file(exported.directory / name),
+                          "size": (exported.directory / name).stat().st_size}
+    config = json.loads((exported.directory / "config.json").read_text())
+    assert {"architecture", "build_args", "num_classes", "in_chans", "input_size", "mean", "std", "combiner",
+            "class_names", "dataset"} <= set(config)
+    assert config["build_args"] == {"num_members": 2} and config["weights_dtype"] == "float16"
+    assert manifest["revision"] is None and manifest["default"] is True
+
+
+def test_card_is_a_hub_model_card_with_the_measured_results(exported):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(exported.directory / "README.md")
+    metrics = json.loads((exported.directory / "metrics.json").read_text())
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["digits"]
+    assert [r.metric_value for r in card.data.eval_results] == [round(m["acc"], 4) for m in
+                                                                metrics["members"].values()]
+    assert "hne-resnet-small" in card.text and "## Training recipe" in card.text
+
+
+def test_load_reproduces_the_card_from_the_bundled_copy(exported):
+    model = selfens_core.load("tiny-hne")
+    assert not model.training and model.num_members == 2
+    assert model.pretrained_cfg["origin"] == {"zoo": "tiny-hne.digits", "repo_id": "selfens/tiny-hne.digits",
+                                              "revision": None, "from": "bundled"}
+    assert model.pretrained_cfg["class_names"][:2] == ["0", "1"]
+    info, splits = load_dataset("digits", subset=240)
+    card = json.loads((exported.directory / "metrics.json").read_text())
+    measured = evaluate(model, splits["test"], info)
+    assert {k: m["acc"] for k, m in measured["members"].items()} == {k: m["acc"] for k, m in card["members"].items()}
+
+
+def test_create_pretrained_is_load_and_never_reinitialises_a_head(exported):
+    loaded, created = selfens_core.load("tiny-hne.digits"), selfens_core.create("tiny-hne", pretrained=True)
+    for (name, a), b in zip(loaded.state_dict().items(), created.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="num_classes=10, not 5; a pretrained head is never re-initialised"):
+        selfens_core.create("tiny-hne", pretrained=True, num_classes=5)
+    with pytest.raises(TypeError, match="takes no builder arguments \\(num_members\\)"):
+        selfens_core.create("tiny-hne", pretrained=True, num_members=4)
+
+
+def test_listing_and_unknown_names(exported):
+    assert list_pretrained() == ["tiny-hne.digits"] == selfens_core.list_models(pretrained=True)
+    assert resolve("tiny-hne") == resolve("tiny-hne.digits")
+    with pytest.raises(UnknownNameError, match="Unknown zoo entry 'tiny-hn'. Did you mean 'tiny-hne'"):
+        selfens_core.load("tiny-hn")
+
+
+def test_several_tags_need_a_default(exported, zoo_dir):
+    other = zoo_dir / "tiny-hne.other"
+    shutil.copytree(exported.directory, other)
+    for directory in (exported.directory, other):
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        manifest.update(default=False, tag=directory.name.split(".")[1])
+        (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="several tags and no single default; choose one of tiny-hne.digits, "
+                                         "tiny-hne.other"):
+        resolve("tiny-hne")
+    assert resolve("tiny-hne.other").tag == "other"
+
+
+def test_a_tampered_bundled_file_is_refused_naming_both_hashes(exported):
+    weights = exported.directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    pinned = exported.files["model.safetensors"]["sha256"]
+    with pytest.raises(IntegrityError, match=f"bundled tiny-hne.digits/model.safetensors: sha256 "
+                                             f"{sha256_file(weights)} does not match the pinned {pinned}"):
+        selfens_core.load("tiny-hne")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(exported, tmp_path):
+    directory = tmp_path / "copy"
+    shutil.copytree(exported.directory, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["build_args"]["num_members"] = 4
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        selfens_core.load(f"local-dir:{directory}")
+    assert selfens_core.load(f"local-dir:{exported.directory}").num_members == 2
+
+
+def test_an_unpublished_entry_without_files_names_its_repo(exported):
+    (exported.directory / "model.safetensors").unlink()
+    with pytest.raises(ZooUnavailableError, match="repo selfens/tiny-hne.digits \\(not yet published: no revision"):
+        selfens_core.load("tiny-hne")
+
+
+def test_cli_list_info_pull_and_eval(exported, tmp_path, capsys):
+    main(["zoo", "list"])
+    out = capsys.readouterr().out
+    assert "tiny-hne.digits" in out and "unpublished" in out
+    main(["zoo", "info", "tiny-hne"])
+    assert json.loads(capsys.readouterr().out)["bundled"] is True
+    main(["zoo", "pull", "tiny-hne"])
+    assert "3 files verified (sha256) from bundled" in capsys.readouterr().out
+    main(["eval", "tiny-hne", "--data", "digits", "--subset", "240", "--out", str(tmp_path / "ev")])
+    card = json.loads((exported.directory / "metrics.json").read_text())
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["members"]["2"]["acc"] == \
+        card["members"]["2"]["acc"]
+    with pytest.raises(SystemExit, match="error: Unknown zoo entry 'nope'"):
+        main(["zoo", "info", "nope"])
+
+
+def test_push_uploads_the_files_and_pins_the_commit(exported):
+    api = mock.Mock()
+    api.create_commit.return_value.oid = "a" * 40
+    pushed = push_entry("tiny-hne", repo_id="me/tiny", api=api)
+    api.create_repo.assert_called_once_with("me/tiny", repo_type="model", private=False, exist_ok=True)
+    operations = api.create_commit.call_args.kwargs["operations"]
+    assert sorted(op.path_in_repo for op in operations) == ["README.md", "config.json", "model.safetensors"]
+    manifest = json.loads((exported.directory / MANIFEST_FILE).read_text())
+    assert (pushed.revision, manifest["revision"], manifest["repo_id"]) == ("a" * 40, "a" * 40, "me/tiny")
