@@ -55,10 +55,10 @@ def train_and_eval(name: str, out: Path, budget: list[str], data_args: list[str]
 
 
 @torch.no_grad()
-def combiner_accuracies(run: Path, data: str, root: str | None) -> dict[str, float]:
+def combiner_accuracies(run: Path, data: str, root: str | None, subset: int | None) -> dict[str, float]:
     """Accuracy of all members combined by each Table-4 combiner, from one pass over the test set."""
     model = load_pretrained(run)
-    info, splits = load_dataset(data, root=root)
+    info, splits = load_dataset(data, root=root, subset=subset)
     logits, targets = [], []
     for x, y in iterate_batches(splits["test"], info, batch_size=500, train=False, augment=False, seed=0, epoch=0):
         logits.append(model(x).float())
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--eval-subset", type=int, default=None,
+                        help="evaluate on the seeded test subset that `selfens eval --subset N` uses (N // 5 images)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = parser.parse_args()
 
@@ -89,10 +91,13 @@ def main() -> None:
     if args.data_root:
         budget.append(f"data.root={args.data_root}")
     data_args = ["--data", args.data] + (["--data-root", args.data_root] if args.data_root else [])
+    if args.eval_subset:
+        data_args += ["--subset", str(args.eval_subset)]
     metrics = {name: train_and_eval(name, out, budget, data_args) for name in VARIANTS}
 
     print(f"\nIENet on {args.data}: ienet-mobilenetv2, {args.subset} training images, {args.epochs} epochs "
-          f"({' '.join(args.overrides) or 'config defaults'}); accuracy (%) on the full test set")
+          f"({' '.join(args.overrides) or 'config defaults'}); accuracy (%) on "
+          + (f"a seeded {args.eval_subset // 5}-image test subset" if args.eval_subset else "the full test set"))
     print("\nTable 2 (4 sub-networks 0.9/0.9/0.9/1.0, stacking; S = fraction of test images where all agree, K/N)")
     print(f"{'operation':16}{'sub-net 1':>10}{'sub-net 2':>10}{'sub-net 3':>10}{'sub-net 4':>10}{'S':>8}"
           f"{'ensemble':>10}{'Δ':>8}")
@@ -104,7 +109,7 @@ def main() -> None:
               + f"{m['agreement']:8.3f}{100 * ensemble:10.2f}{100 * (ensemble - max(members)):+8.2f}")
 
     rc_run = out / "random-cut"
-    table4 = combiner_accuracies(rc_run, args.data, args.data_root)
+    table4 = combiner_accuracies(rc_run, args.data, args.data_root, args.eval_subset)
     alone = metrics["stand-alone"]["member_acc"][0]
     print("\nTable 4 (random cut model)")
     print(f"{'strategy':16}{'acc':>8}{'err':>8}")
