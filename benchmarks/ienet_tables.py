@@ -95,7 +95,8 @@ def main() -> None:
         data_args += ["--subset", str(args.eval_subset)]
     metrics = {name: train_and_eval(name, out, budget, data_args) for name in VARIANTS}
 
-    print(f"\nIENet on {args.data}: ienet-mobilenetv2, {args.subset} training images, {args.epochs} epochs "
+    model = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("model.name=")), "ienet-mobilenetv2")
+    print(f"\nIENet on {args.data}: {model}, {args.subset} training images, {args.epochs} epochs "
           f"({' '.join(args.overrides) or 'config defaults'}); accuracy (%) on "
           + (f"a seeded {args.eval_subset // 5}-image test subset" if args.eval_subset else "the full test set"))
     print("\nTable 2 (4 sub-networks 0.9/0.9/0.9/1.0, stacking; S = fraction of test images where all agree, K/N)")
