@@ -28,7 +28,7 @@ import torch
 from selfens_core.data import iterate_batches, load_dataset
 from selfens_core.factory import build_component
 from selfens_core.metrics import MetricAccumulator
-from selfens_core.runs import load_pretrained
+from selfens_core.pretrained import load_pretrained
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ienet-mobilenetv2-fmnist.yaml"
 VARIANTS = {

@@ -13,8 +13,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Combiner": "combiners", "Distiller": "objectives", "Pass": "samplers", "Sampler": "samplers",
-    "SelfEnsemble": "ensemble", "create": "factory", "list_models": "factory", "load": "zoo", "hookimpl": "hookspecs",
+    "Combiner": "combiners", "Distiller": "distillers", "Pass": "samplers", "Sampler": "samplers",
+    "SelfEnsemble": "ensemble", "create": "api", "list_models": "api", "load": "zoo", "hookimpl": "hookspecs",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -72,22 +72,6 @@ BUILTIN_ADAPTERS = [
 ]
 
 
-def backbone_parts(model: nn.Module, name: str = "") -> BackboneParts:
-    """Split a timm model with the first registered adapter that matches it."""
-    from .plugins import registries
-
-    adapters = registries().backbone_adapters
-    for adapter_name in adapters.names():
-        adapter = adapters.get(adapter_name)
-        if adapter.matches(model):
-            return adapter.split(model)
-    raise BackboneError(
-        f"timm model {name or ''} ({type(model).__name__}) has no backbone adapter; supported families: "
-        f"{', '.join(adapters.get(n).family for n in adapters.names())}. Register one with the "
-        f"register_backbone_adapters hook."
-    )
-
-
 def is_timm_model(name: str) -> bool:
     import timm
 

@@ -26,7 +26,7 @@ def _eval(args: argparse.Namespace) -> None:
     from . import create, load
     from .data import load_dataset
     from .evaluation import evaluate, format_budget_table, plot_budget
-    from .runs import load_pretrained
+    from .pretrained import load_pretrained
 
     info, splits = load_dataset(args.data, root=args.data_root, subset=args.subset)
     if Path(args.model).is_dir():

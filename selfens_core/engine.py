@@ -23,9 +23,9 @@ from .config import ConfigError, save_config
 from .data import DatasetInfo, Split, iterate_batches, load_dataset, num_batches
 from .ensemble import SelfEnsemble
 from .evaluation import evaluate
-from .factory import build_component, create, recipe_defaults
+from .factory import build_component, build_model, recipe_defaults
 from .optim import make_optimizer, make_scheduler
-from .runs import save_pretrained
+from .pretrained import save_pretrained
 from .samplers import Pass, plan_passes
 
 
@@ -72,7 +72,7 @@ def build(cfg: DictConfig) -> Setup:
     info, splits = load_dataset(cfg.data.name, root=cfg.data.root, subset=cfg.data.subset,
                                 val_split=cfg.data.val_split, seed=cfg.train.seed)
     try:
-        model = create(cfg.model.name, num_classes=info.num_classes, in_chans=info.in_chans, combiner=combiner,
+        model = build_model(cfg.model.name, num_classes=info.num_classes, in_chans=info.in_chans, combiner=combiner,
                        **OmegaConf.to_container(cfg.model.args))
     except (TypeError, ValueError, KeyError) as error:
         raise ConfigError(f"model (name {cfg.model.name!r}): {error}") from None

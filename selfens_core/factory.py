@@ -1,23 +1,17 @@
-"""``create`` and ``list_models``: build any registered model by name."""
+"""Build registered things by name: models, components (combiners, distillers, samplers), backbone splits.
+
+The registries come from the plugins; pretrained weights are one layer up (``api``, ``zoo``)."""
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
+from torch import nn
+
+from .backbones import BackboneError, BackboneParts
 from .combiners import Combiner
 from .ensemble import SelfEnsemble
 from .plugins import registries
-
-
-def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
-    """Sorted registered model names matching an fnmatch ``pattern``. Open families (``prefix<name>``) are
-    represented by their examples; ``create`` accepts any member of a family. With ``pretrained``, the zoo's entries
-    (``name.tag``) instead."""
-    if pretrained:
-        from .zoo import list_pretrained
-
-        return list_pretrained(pattern)
-    return registries().models.names(pattern)
 
 
 def check_arguments(what: str, func: Any, kwargs: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
@@ -47,20 +41,13 @@ def recipe_defaults(name: str) -> dict[str, Any]:
     return {k: entry.options[k] for k in ("distiller", "combiner", "sampler") if k in entry.options}
 
 
-def create(name: str, *, num_classes: int | None = None, in_chans: int | None = None,
-           combiner: str | Combiner | None = None, pretrained: bool = False, **overrides: Any) -> SelfEnsemble:
-    """Build an untrained self-ensemble by registered name, or with ``pretrained`` load the zoo entry ``name``.
+def build_model(name: str, *, num_classes: int, in_chans: int = 3, combiner: str | Combiner | None = None,
+                **overrides: Any) -> SelfEnsemble:
+    """Build an untrained self-ensemble by registered name (``selfens_core.create`` without ``pretrained``).
 
     ``overrides`` are the builder's own arguments (e.g. ``num_members``); an unknown one is an error listing what the
-    builder takes. ``combiner`` is a registered combiner name or instance (default: the model's own). A pretrained
-    model is exactly the published one: ``num_classes``/``in_chans`` may be given only to check them, and builder
-    arguments are refused rather than silently re-initialising a head.
+    builder takes. ``combiner`` is a registered combiner name or instance (default: the model's own).
     """
-    if pretrained:
-        return _create_pretrained(name, num_classes, in_chans, combiner, overrides)
-    if num_classes is None:
-        raise TypeError(f"create({name!r}) needs num_classes (or pretrained=True to load it from the zoo)")
-    in_chans = 3 if in_chans is None else in_chans
     entry, suffix = registries().models.resolve(name)
     check_arguments(f"model {name!r}", entry.obj, overrides, skip=("num_classes", "in_chans"))
     args = (suffix,) if suffix is not None else ()
@@ -74,20 +61,15 @@ def create(name: str, *, num_classes: int | None = None, in_chans: int | None = 
     return model
 
 
-def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None, combiner: str | Combiner | None,
-                       overrides: dict[str, Any]) -> SelfEnsemble:
-    from .zoo import load
-
-    if overrides:
-        raise TypeError(f"create({name!r}, pretrained=True) takes no builder arguments ({', '.join(overrides)}): the "
-                        "zoo entry's config.json fixes them; train a new model to change them")
-    model = load(name)
-    for key, wanted in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if wanted is not None and model.pretrained_cfg[key] != wanted:
-            raise ValueError(f"zoo entry {name!r} has {key}={model.pretrained_cfg[key]}, not {wanted}; a pretrained "
-                             "head is never re-initialised silently: fine-tune it, or create() an untrained model")
-    if isinstance(combiner, str):
-        combiner = build_component("combiners", combiner)
-    if combiner is not None:
-        model.combiner = combiner
-    return model
+def backbone_parts(model: nn.Module, name: str = "") -> BackboneParts:
+    """Split a timm model with the first registered backbone adapter that matches it."""
+    adapters = registries().backbone_adapters
+    for adapter_name in adapters.names():
+        adapter = adapters.get(adapter_name)
+        if adapter.matches(model):
+            return adapter.split(model)
+    raise BackboneError(
+        f"timm model {name or ''} ({type(model).__name__}) has no backbone adapter; supported families: "
+        f"{', '.join(adapters.get(n).family for n in adapters.names())}. Register one with the "
+        f"register_backbone_adapters hook."
+    )

@@ -127,11 +127,11 @@ def make_plugin_manager(registries: Registries, extra: Mapping[str, object] = {}
     """A manager with the core's own components, every installed, non-disabled entry-point plugin (unless
     ``entry_points=False``) and the in-process plugins ``extra`` (name → module or object). Each plugin's
     :class:`PluginInfo` goes into ``registries.plugins``."""
-    from . import __version__, builtins
+    from . import __version__, core_plugin
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    _add_plugin(pm, builtins, PluginInfo(CORE_PLUGIN, DISTRIBUTION, __version__, builtin=True), registries)
+    _add_plugin(pm, core_plugin, PluginInfo(CORE_PLUGIN, DISTRIBUTION, __version__, builtin=True), registries)
     disabled = {p.strip() for p in os.environ.get("SELFENS_DISABLE_PLUGINS", "").split(",") if p.strip()}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points else []:
         info, held = _entry_point_info(ep), registries.plugins.get(ep.name)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .hub import sha256_file
-from .runs import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
+from .pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
 from .zoo import MANIFEST_FILE, ZooEntry, resolve
 
 CARD_FILE = "README.md"

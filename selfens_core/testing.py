@@ -65,9 +65,9 @@ def register_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., s
 def check_model_contract(name: str, *, num_classes: int = 7, in_chans: int = 1, **build_args: Any) -> None:
     """Build the registered model ``name`` with ``build_args`` (keep them small: the checks run real passes) and
     run every contract check on it."""
-    from .factory import create
+    from .factory import build_model
 
-    model = create(name, num_classes=num_classes, in_chans=in_chans, **build_args)
+    model = build_model(name, num_classes=num_classes, in_chans=in_chans, **build_args)
     check_forward(model)
     check_backward(model)
     check_save_load(model)
@@ -114,7 +114,7 @@ def check_backward(model: SelfEnsemble, image_size: int | None = None) -> None:
 def check_save_load(model: SelfEnsemble) -> None:
     """``save_pretrained`` then ``load_pretrained`` rebuilds the model from its config and loads the weights
     strictly: the same outputs. The model must come from ``selfens_core.create`` (its config names it)."""
-    from .runs import load_pretrained, save_pretrained
+    from .pretrained import load_pretrained, save_pretrained
 
     model.eval()
     x = _images(model, 2)

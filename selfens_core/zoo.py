@@ -150,7 +150,7 @@ def load(ref: str, *, revision: str | None = None):
     ``local-dir:PATH``. Loading is strict: weights that do not fit the architecture in ``config.json`` are refused.
     ``revision`` overrides the revision of an ``hf-hub:`` reference (zoo entries are pinned by their manifest).
     """
-    from .runs import load_pretrained
+    from .pretrained import load_pretrained
 
     if ref.startswith("local-dir:"):
         directory, origin = Path(ref.removeprefix("local-dir:")), {"local_dir": ref.removeprefix("local-dir:")}
@@ -173,7 +173,7 @@ def load(ref: str, *, revision: str | None = None):
 
 def _download_repo(repo_id: str, revision: str) -> Path:
     """``config.json`` and ``model.safetensors`` of any Hub repo in the selfens layout (no manifest to check)."""
-    from .runs import CONFIG_FILE, WEIGHTS_FILE
+    from .pretrained import CONFIG_FILE, WEIGHTS_FILE
 
     settings = HubSettings.from_env()
     try:

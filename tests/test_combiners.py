@@ -9,8 +9,8 @@ from torch.nn import functional as F
 import selfens_core
 from selfens_core import engine
 from selfens_core.combiners import MeanLogits, MeanProbs, Stacking, Voting, WeightedMean
+from selfens_core.distillers import Independent
 from selfens_core.factory import build_component
-from selfens_core.objectives import Independent
 from selfens_core.samplers import Pass
 
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from selfens_core import engine
 from selfens_core.config import load_config
-from selfens_core.objectives import Independent
-from selfens_core.runs import load_pretrained
+from selfens_core.distillers import Independent
+from selfens_core.pretrained import load_pretrained
 
 TINY = ["model.name=hne-resnet-small", "model.args.num_members=2", "data.name=digits", "data.subset=96",
         "train.batch_size=32", "train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "data.eval_batch_size=64"]

@@ -3,17 +3,17 @@ import json
 
 import pytest
 import torch
+from selfens_plugins.ienet.channels import draw_indices, kept_channels
+from selfens_plugins.ienet.layers import SlicedConv2d, SlicedLinear, SwitchableBatchNorm2d
+from selfens_plugins.ienet.model import IntraEnsemble
 from torch import nn
 from torch.nn import functional as F
 
 import selfens_core
-from plugins.ienet.channels import draw_indices, kept_channels
-from plugins.ienet.layers import SlicedConv2d, SlicedLinear, SwitchableBatchNorm2d
-from plugins.ienet.model import IntraEnsemble
 from selfens_core import engine
 from selfens_core.backbones import BackboneError, BackboneParts
 from selfens_core.config import load_config
-from selfens_core.runs import load_pretrained, save_pretrained
+from selfens_core.pretrained import load_pretrained, save_pretrained
 
 
 class InvertedResidual(nn.Module):

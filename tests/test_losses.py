@@ -1,9 +1,9 @@
 import pytest
 import torch
+from selfens_plugins.hne.losses import HierarchicalDistillation
 from torch.nn import functional as F
 
-from plugins.hne.losses import HierarchicalDistillation
-from selfens_core.objectives import Independent, member_cross_entropy, soft_cross_entropy
+from selfens_core.distillers import Independent, member_cross_entropy, soft_cross_entropy
 
 
 def _outputs(m=4, b=5, c=3):

@@ -4,20 +4,20 @@ import json
 from pathlib import Path
 
 import pytest
+import selfens_plugins.meal
 import torch
 from safetensors import safe_open
+from selfens_plugins.meal.discriminator import grad_reverse
+from selfens_plugins.meal.distiller import STUDENT, TEACHER, MealDistiller, _bce
+from selfens_plugins.meal.taps import align
+from selfens_plugins.meal.teachers import TeacherEnsemble
 
-import plugins.meal
 import selfens_core
-from plugins.meal.discriminator import grad_reverse
-from plugins.meal.distiller import STUDENT, TEACHER, MealDistiller, _bce
-from plugins.meal.taps import align
-from plugins.meal.teachers import TeacherEnsemble
 from selfens_core import engine
 from selfens_core.config import ConfigError, load_config
 from selfens_core.data import load_dataset
 from selfens_core.plugins import registries
-from selfens_core.runs import save_pretrained
+from selfens_core.pretrained import save_pretrained
 
 DATA = "fake:1:16:16:10"
 
@@ -185,7 +185,7 @@ def test_bad_arguments_are_errors(args, message):
 def _toy(mode: str, dims=(6, 4)):
     """Discriminators on synthetic tap distributions: the student's are trainable logits, the teacher's fixed."""
     distiller = MealDistiller(["unused"], taps=len(dims), weights=[1.0] * len(dims), adversarial=mode)
-    distiller.discriminators = torch.nn.ModuleList(plugins.meal.discriminator.Discriminator(d) for d in dims)
+    distiller.discriminators = torch.nn.ModuleList(selfens_plugins.meal.discriminator.Discriminator(d) for d in dims)
     distiller._accuracy = [None] * len(dims)
     student = [torch.nn.Parameter(torch.randn(1, 32, d)) for d in dims]
     teacher = [torch.log_softmax(3 * torch.randn(32, d), -1) for d in dims]
@@ -334,7 +334,7 @@ def test_average_selection_averages_the_teachers_probabilities(facts, teachers):
 
 
 def test_engine_run_records_its_teachers_and_resumes_with_the_discriminators(tmp_path, teachers, register_plugin):
-    register_plugin(plugins.meal, "meal")  # a no-op when the package's entry point is installed
+    register_plugin(selfens_plugins.meal, "meal")  # a no-op when the package's entry point is installed
     overrides = ["model.name=deep-ensemble-mobilenetv2_050", "model.args.num_members=1", f"data.name={DATA}",
                  "data.subset=48", "train.batch_size=16", "train.epochs=1", "data.eval_batch_size=100",
                  "distiller.name=meal", f"distiller.args.teachers=['{teachers['resnet']}','{teachers['mobilenet']}']",
@@ -362,7 +362,7 @@ def test_engine_run_records_its_teachers_and_resumes_with_the_discriminators(tmp
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("meal*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_build_with_stand_in_teachers(path, teachers, register_plugin):
-    register_plugin(plugins.meal, "meal")
+    register_plugin(selfens_plugins.meal, "meal")
     cfg = load_config(path, [f"data.name={DATA}", "data.subset=16"])
     stand_ins = [teachers["resnet"], teachers["mobilenet"], teachers["tree"]][:len(cfg.distiller.args.teachers)]
     if cfg.distiller.args.get("taps", 3) > 1 and cfg.distiller.args.get("missing_taps") != "skip":

@@ -5,11 +5,12 @@ import math
 
 import pytest
 import torch
+from selfens_plugins.hne.model import build_tree, check_tree_equivalence, tree_branches
 
 import selfens_core
-from plugins.hne.model import build_tree, check_tree_equivalence, tree_branches
 from selfens_core import testing
-from selfens_core.backbones import BackboneError, backbone_parts, create_timm
+from selfens_core.backbones import BackboneError, create_timm
+from selfens_core.factory import backbone_parts
 from selfens_core.metrics import count_flops
 from selfens_core.registry import UnknownNameError
 

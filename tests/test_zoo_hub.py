@@ -8,7 +8,7 @@ from hub_server import set_endpoint, set_offline
 
 import selfens_core
 from selfens_core.hub import IntegrityError
-from selfens_core.runs import save_pretrained
+from selfens_core.pretrained import save_pretrained
 from selfens_core.zoo import MANIFEST_FILE, ZooUnavailableError
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from selfens_core import SelfEnsemble
+from selfens_core import SelfEnsemble, create
 from selfens_core.backbones import create_timm, is_timm_model
-from selfens_core.factory import create
 from selfens_core.plugins import registries
 from selfens_core.registry import UnknownNameError
 

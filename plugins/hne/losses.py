@@ -6,7 +6,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from selfens_core.objectives import Distiller, member_cross_entropy, soft_cross_entropy
+from selfens_core.distillers import Distiller, member_cross_entropy, soft_cross_entropy
 
 OBJECTIVES = ("li", "lh", "li+cd", "li+lhd")
 

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from selfens_core.backbones import BackboneError, BackboneParts, backbone_parts, create_timm
+from selfens_core.backbones import BackboneError, BackboneParts, create_timm
+from selfens_core.factory import backbone_parts
 
 from .model import HierarchicalEnsemble, build_tree, check_tree_equivalence, tree_branches
 

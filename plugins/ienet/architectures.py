@@ -5,7 +5,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from selfens_core.backbones import backbone_parts, create_timm
+from selfens_core.backbones import create_timm
+from selfens_core.factory import backbone_parts
 
 from .model import IntraEnsemble
 

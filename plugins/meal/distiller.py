@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from selfens_core.objectives import Distiller, member_cross_entropy
+from selfens_core.distillers import Distiller, member_cross_entropy
 
 from .discriminator import Discriminator, grad_reverse
 from .taps import FeatureTaps, align, probe_sizes, stages, timm_networks

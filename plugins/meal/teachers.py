@@ -77,7 +77,7 @@ def _weights_sha256(origin: dict[str, Any]) -> str | None:
         return None
     if "local_dir" in origin:
         from selfens_core.hub import sha256_file
-        from selfens_core.runs import WEIGHTS_FILE
+        from selfens_core.pretrained import WEIGHTS_FILE
 
         path = Path(origin["local_dir"]) / WEIGHTS_FILE
         return sha256_file(path) if path.is_file() else None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from .backbones import BUILTIN_ADAPTERS
 from .combiners import MeanLogits, MeanProbs, Stacking, Voting, WeightedMean
+from .distillers import Independent
 from .hookspecs import hookimpl
-from .objectives import Independent
 from .samplers import AllMembers, ShuffledPerMember
 
 

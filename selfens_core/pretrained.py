@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .checkpoint import load_weights, save_weights
 from .ensemble import SelfEnsemble
-from .factory import build_component, create
+from .factory import build_component, build_model
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -30,7 +30,7 @@ def load_pretrained(directory: str | Path) -> SelfEnsemble:
     combiner = cfg.get("combiner")
     if combiner is not None:  # with the options it was trained with (e.g. the voting seed)
         combiner = build_component("combiners", combiner, cfg.get("combiner_args"))
-    model = create(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
+    model = build_model(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
                    combiner=combiner, **cfg.get("build_args", {}))
     load_weights(directory / WEIGHTS_FILE, model, strict=True)
     model.pretrained_cfg.update(cfg)
