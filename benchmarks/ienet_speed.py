@@ -3,7 +3,7 @@
 Each model runs real training steps (forward, cross-entropy, backward, SGD step; IENet also its stacking combiner's
 loss on detached outputs, as the engine does) in interleaved rounds in one process, so drifts in machine load hit all
 models alike and the ratios are comparable even when the absolute numbers are not. The single network is the same
-MobileNetV2 (``mobilenetv2_small_images``) as a plain timm model; ``IENet [1.0]`` is IENet with one full-width
+MobileNetV2 (timm's with ``small_images``) as a plain timm model; ``IENet [1.0]`` is IENet with one full-width
 sub-network, which isolates the cost of sliced layers and switchable BN.
 
     python benchmarks/ienet_speed.py                     # 1×28×28 (Fashion-MNIST), batch 64, 3 rounds
@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 import selfens_core
-from plugins.ienet.architectures import mobilenetv2_small_images
+from selfens_core.factory import create_backbone
 from selfens_core.metrics import count_flops
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     torch.manual_seed(0)
     args_model = dict(num_classes=10, in_chans=args.in_chans)
     models = {
-        "single network": (mobilenetv2_small_images(**args_model), False),
+        "single network": (create_backbone("mobilenetv2_100", small_images=True, **args_model), False),
         "IENet [1.0]": (selfens_core.create("ienet-mobilenetv2", widths=[1.0], **args_model), True),
         "IENet 4 sub-nets": (selfens_core.create("ienet-mobilenetv2", **args_model), True),
     }

@@ -114,8 +114,8 @@ def _eval_subset(args: argparse.Namespace) -> list[str]:
 def teacher_ensemble(args: argparse.Namespace) -> dict:
     """Each teacher and the averaged ensemble of all of them, on the same test images."""
     import torch
+    from selfens_plugins.meal.teachers import TeacherEnsemble
 
-    from plugins.meal.teachers import TeacherEnsemble
     from selfens_core.data import load_dataset
     from selfens_core.evaluation import evaluate
 

@@ -35,11 +35,14 @@ class BackboneParts:
 
 @dataclass(frozen=True)
 class BackboneAdapter:
-    """Knows one timm model family: ``matches(model)`` and ``split(model) -> BackboneParts``."""
+    """Knows one timm model family: ``matches(model)``, ``split(model) -> BackboneParts`` and, optionally,
+    ``small_images(model)``: change the model in place for 28×28 / 32×32 inputs by removing the first two 2×
+    downsamplings (total stride 32 → 8), so that an ImageNet stem does not take 28×28 to 7×7 at once."""
 
     family: str
     matches: Callable[[nn.Module], bool]
     split: Callable[[nn.Module], BackboneParts]
+    small_images: Callable[[nn.Module], None] | None = None
 
 
 def _class_named(*names: str) -> Callable[[nn.Module], bool]:
@@ -60,15 +63,29 @@ def _split_resnet(model: nn.Module) -> BackboneParts:
     return BackboneParts(stem, stages, nn.Identity(), model.fc)
 
 
+def _small_images_resnet(model: nn.Module) -> None:
+    """Stride 1 in the stem's first conv (the deep stems of ``resnet*t``/``*d`` included) and no max-pool."""
+    first = model.conv1[0] if isinstance(model.conv1, nn.Sequential) else model.conv1
+    first.stride = (1, 1)
+    model.maxpool = nn.Identity()
+
+
 def _split_efficientnet(model: nn.Module) -> BackboneParts:
     _check_plain_head(model, model.global_pool, model.classifier)
     return BackboneParts(nn.Sequential(model.conv_stem, model.bn1), list(model.blocks),
                          nn.Sequential(model.conv_head, model.bn2), model.classifier)
 
 
+def _small_images_efficientnet(model: nn.Module) -> None:
+    """Stride 1 in the stem and in the first strided block (MobileNetV2: the 24-channel stage)."""
+    model.conv_stem.stride = (1, 1)
+    strided = next(m for m in model.blocks.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2))
+    strided.stride = (1, 1)
+
+
 BUILTIN_ADAPTERS = [
-    BackboneAdapter("resnet", _class_named("ResNet"), _split_resnet),
-    BackboneAdapter("efficientnet", _class_named("EfficientNet"), _split_efficientnet),
+    BackboneAdapter("resnet", _class_named("ResNet"), _split_resnet, _small_images_resnet),
+    BackboneAdapter("efficientnet", _class_named("EfficientNet"), _split_efficientnet, _small_images_efficientnet),
 ]
 
 

@@ -9,7 +9,9 @@ A checkpoint is a directory::
 
 Loading never unpickles anything, so a checkpoint from an untrusted source cannot run code. A save builds the whole
 checkpoint in a hidden sibling directory and renames it into place, so ``path`` is always absent, the old checkpoint,
-or the complete new one.
+or the complete new one; :func:`clean_interrupted_saves` removes what a save killed midway leaves behind. Files get
+the mode the umask gives any new file (``safetensors`` alone would write them 0600). A write error is an ``OSError``
+with its errno (``ENOSPC`` for a full disk), whichever library wrote the file.
 """
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ STATE_FILE = "state.json"
 
 # Markers for values JSON cannot hold directly.
 TENSOR, TUPLE, ITEMS = "__tensor__", "__tuple__", "__items__"
+
+# What saves write next to their target ``NAME``: ``.NAME.tmp-<uuid>`` while writing, ``.NAME.old-<uuid>`` for the
+# replaced version during the swap. Nothing else is ever named so.
+INTERRUPTED_SAVE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{32}$")
 
 
 class CheckpointError(ValueError):
@@ -129,13 +135,42 @@ def _rng_state() -> dict[str, torch.Tensor]:
 
 
 def _write_safetensors_model(file: Path, model: nn.Module) -> None:
-    save_model(model, str(file), metadata={"format": "pt"})
-    _fsync_file(file)
+    with _io_errors_as_oserror(file):
+        save_model(model, str(file), metadata={"format": "pt"})
+    _finish_file(file)
 
 
 def _write_safetensors(file: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(tensors, str(file), metadata={"format": "pt"})
+    with _io_errors_as_oserror(file):
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    _finish_file(file)
+
+
+@contextmanager
+def _io_errors_as_oserror(file: Path) -> Iterator[None]:
+    """Re-raise an I/O failure of ``safetensors`` (a ``SafetensorError`` whose text ends "(os error N)") as the
+    ``OSError`` it is, so that callers can tell a full disk (``ENOSPC``) from a bug."""
+    try:
+        yield
+    except SafetensorError as error:
+        code = re.search(r"\(os error (\d+)\)", str(error))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(file)) from error
+
+
+def _finish_file(file: Path) -> None:
+    """Give ``file`` the mode the umask gives any new file (``safetensors`` creates 0600), then make it durable."""
+    os.chmod(file, 0o666 & ~_umask())
     _fsync_file(file)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: restored at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _write_text(file: Path, text: str) -> None:
@@ -234,6 +269,37 @@ def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> Non
     :func:`load_checkpoint` before the model is touched."""
     _check_weights(Path(path), model, strict)
     load_model(model, str(path), strict=strict)
+
+
+def clean_interrupted_saves(directory: str | Path) -> list[str]:
+    """Tidy what saves killed midway left in ``directory``; return what was done, one phrase per entry.
+
+    ``.NAME.tmp-<uuid>`` (never moved into place) is removed. ``.NAME.old-<uuid>`` (the replaced version, renamed
+    away just before the new one moved in) is removed when ``NAME`` exists and renamed back to ``NAME`` otherwise, so
+    a kill between the two renames loses nothing. Only entries named so are touched. Call it only while no save
+    runs in ``directory`` (the engine holds the run directory's lock).
+    """
+    done = []
+    for entry in sorted(Path(directory).glob(".*")):
+        match = INTERRUPTED_SAVE.match(entry.name)
+        if match is None:
+            continue
+        target = entry.with_name(match["name"])
+        if match["kind"] == "old" and not target.exists():
+            os.replace(entry, target)
+            done.append(f"restored {target.name} from {entry.name}")
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        done.append(f"removed {entry.name}")
+    return done
+
+
+def read_extra_state(path: str | Path) -> dict:
+    """The ``extra_state`` of the checkpoint directory ``path``, read without loading any tensor."""
+    return _read_state(Path(path) / STATE_FILE)["extra_state"] or {}
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

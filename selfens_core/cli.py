@@ -6,8 +6,14 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cli_zoo
+
+if TYPE_CHECKING:
+    from .ensemble import SelfEnsemble
+
+DEFAULT_EVAL_DATA = "fashion-mnist"  # for a model that names no dataset (an untrained one)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -15,8 +21,12 @@ def _train(args: argparse.Namespace) -> None:
     from .engine import train
     from .evaluation import format_budget_table
 
+    if args.allow_change and not args.resume:
+        raise SystemExit(f"error: --allow-change {' '.join(args.allow_change)} applies to --resume only (a new run "
+                         "takes its config as given)")
     cfg = load_config(args.config, args.overrides)
-    metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change,
+                    progress=not args.quiet)
     print(f"\n{cfg.model.name} on {cfg.data.name} test set ({metrics['num_samples']} images):")
     print(format_budget_table(metrics))
     print(f"run directory: {args.out}")
@@ -27,44 +37,72 @@ def _eval(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .evaluation import evaluate, format_budget_table, plot_budget
     from .pretrained import load_pretrained
+    from .zoo import verify_local
 
-    info, splits = load_dataset(args.data, root=args.data_root, subset=args.subset)
-    if Path(args.model).is_dir():
-        model = load_pretrained(args.model)
-    elif _is_pretrained_ref(args.model):
+    model = None
+    if _is_pretrained_ref(args.model):  # a zoo name wins over a folder of that name, with a warning
         model = load(args.model)
-    else:
+    elif Path(args.model).is_dir():
+        verify_local(Path(args.model))  # against its manifest.json, when it has one
+        model = load_pretrained(args.model)
+    dataset = _eval_dataset(args.data, model)
+    info, splits = load_dataset(dataset, root=args.data_root, subset=args.subset)
+    if model is None:
         warnings.warn(f"{args.model!r} is not a run directory: evaluating an untrained model", stacklevel=1)
         model = create(args.model, num_classes=info.num_classes, in_chans=info.in_chans).eval()
     cfg = model.pretrained_cfg
     if (cfg["num_classes"], cfg["in_chans"]) != (info.num_classes, info.in_chans):
         raise SystemExit(f"error: the model takes {cfg['in_chans']}-channel images of {cfg['num_classes']} classes; "
-                         f"{args.data} has {info.in_chans} channel(s) and {info.num_classes} classes")
+                         f"{dataset} has {info.in_chans} channel(s) and {info.num_classes} classes")
     metrics = evaluate(model, splits["test"], info, progress=True)
-    metrics.update(split="test", dataset=args.data, model=args.model)
+    metrics.update(split="test", dataset=dataset, model=args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_budget(metrics, str(out / "budget.png"), title=f"{cfg.get('architecture', args.model)} on {args.data}")
+    plot_budget(metrics, str(out / "budget.png"), title=f"{cfg.get('architecture', args.model)} on {dataset}")
     print(format_budget_table(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'budget.png'}")
 
 
-def _is_pretrained_ref(ref: str) -> bool:
-    from .zoo import entries
+def _eval_dataset(requested: str | None, model: SelfEnsemble | None) -> str:
+    """``--data`` when given, else the dataset the model was trained on, else the default; printed with why."""
+    trained_on = model.pretrained_cfg.get("dataset") if model is not None else None
+    if requested:
+        dataset = requested
+        why = "--data" + (f"; the model was trained on {trained_on}" if trained_on not in (None, requested) else "")
+    elif trained_on:
+        dataset, why = trained_on, "the dataset the model was trained on; choose another with --data"
+    else:
+        dataset, why = DEFAULT_EVAL_DATA, "the default: the model names no dataset; choose one with --data"
+    print(f"evaluating on {dataset} ({why})")
+    return dataset
 
-    return ref.startswith(("hf-hub:", "local-dir:")) or ref in {n for e in entries().values() for n in
-                                                                  (e.name, e.full_name)}
+
+def _is_pretrained_ref(ref: str) -> bool:
+    from .zoo import is_reference
+
+    return is_reference(ref)
 
 
 def _list(args: argparse.Namespace) -> None:
     from .plugins import registries
 
-    models = registries().models
-    for name in models.names(args.pattern):
+    models, pattern = registries().models, args.pattern
+    names = models.names(pattern)
+    exact = not any(c in pattern for c in "*?[")
+    if exact and not names and models.family(pattern) is None:
+        models.resolve(pattern)  # UnknownNameError: close matches, what exists, plugins not loaded
+    for name in names or ([pattern] if exact else []):
         print(name)
-    if args.pattern == "*":
-        print("families (any name completes them): " + ", ".join(models.families()))
+    families = models.describe_families(pattern)
+    if families:
+        print("families (each builds its prefix + any name its rule accepts: more than the examples listed):")
+    for family in families:
+        examples = f"; e.g. {', '.join(family['examples'])}" if family["examples"] else ""
+        print(f"  {family['pattern']}: {family['accepts']}{examples} (plugin {family['plugin']})")
+    if not names and not exact:
+        print(f"no registered name matches {pattern!r}" + (" (a family above may build one)" if families else ""),
+              file=sys.stderr)
 
 
 def _plugins(args: argparse.Namespace) -> None:
@@ -94,6 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, weights)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run or trained model in --out (its selfens files and checkpoints; other files "
+                   "are kept)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: accept a change of config KEY that changes the result (e.g. train.epochs); "
+                   "recorded in resumes.jsonl and metrics.json. Repeat for several keys")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides (OmegaConf dotlist), e.g. train.epochs=2 data.subset=1000")
@@ -102,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model at every member budget")
     p.add_argument("model", help="a run directory, a zoo entry (NAME[.TAG], hf-hub:ORG/REPO[@REV], local-dir:PATH), "
                    "or a registered model name (untrained)")
-    p.add_argument("--data", default="fashion-mnist", help="dataset name (default: fashion-mnist)")
+    p.add_argument("--data", default=None,
+                   help=f"dataset name (default: the one the model was trained on, else {DEFAULT_EVAL_DATA})")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--subset", type=int, default=None, help="evaluate on a subset (quick checks)")
     p.add_argument("--out", required=True, help="directory for metrics.json and budget.png")

@@ -1,10 +1,12 @@
 """Run configuration: a structured OmegaConf schema, so an unknown key or a wrong type is an error naming the key."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -36,7 +38,9 @@ class ComponentConfig:
 class DataConfig:
     name: str = "fashion-mnist"
     root: Optional[str] = None
-    subset: Optional[int] = None  # keep the first N training images (and N//5 test images): quick runs
+    # quick runs: a seeded N of the training images, and N // 5 (at least 100) of the test images, announced when
+    # loading and recorded in metrics.json (num_samples, num_samples_of); null: all of both
+    subset: Optional[int] = None
     val_split: float = 0.0  # hold out this fraction of train for per-epoch validation (else the test split)
     augment: bool = True
     eval_batch_size: int = 500
@@ -80,41 +84,111 @@ def _allowed_keys(schema: DictConfig, full_key: str) -> str:
     return ", ".join(node.keys()) if isinstance(node, DictConfig) else ", ".join(schema.keys())
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
-    """The schema's defaults, merged with a YAML file and ``key=value`` dotlist overrides, validated."""
-    schema = OmegaConf.structured(RunConfig)
+# Arguments build() takes from the dataset and the combiner section, never from model.args.
+_MODEL_ARGS_SET_ELSEWHERE = {"num_classes": "data.name (the dataset's classes)",
+                             "in_chans": "data.name (the dataset's channels)", "combiner": "the combiner section"}
+
+
+def _read_yaml(path: str | Path) -> DictConfig:
+    """The mapping in a YAML config file; anything else is a ConfigError naming the file (and line) and what is
+    expected. YAML tags that construct objects (``!!python/...``) are refused by the loader, never run."""
+    expected = "a mapping of sections (model:, data:, train:, ...) at the top level"
     try:
-        layers = [OmegaConf.load(path)] if path is not None else []
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.merge(schema, *layers)
+        loaded = OmegaConf.load(path)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; expected a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); expected a "
+                          f"YAML file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        if "constructor for the tag" in problem:
+            raise ConfigError(f"config file {path}{where}: {problem}; YAML tags are not allowed (nothing was run): a "
+                              "config holds plain values (strings, numbers, lists, mappings)") from None
+        context = getattr(error, "context", None)
+        raise ConfigError(f"config file {path}{where}: not valid YAML: {problem}"
+                          + (f" ({context})" if context else "")) from None
+    except OSError as error:
+        if error.errno is None:  # OmegaConf: the file holds a single value ("Invalid loaded object type: int")
+            raise ConfigError(f"config file {path} holds a single value ({error}); expected {expected}") from None
+        raise ConfigError(f"config file {path} cannot be read: {error}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} holds a list at the top level; expected {expected}")
+    return loaded
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or not item.partition("=")[0].strip():
+            raise ConfigError(f"override {item!r} is not key=value, e.g. train.epochs=3")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _merge(schema: DictConfig, cfg: DictConfig, layer: Any, origin: str = "") -> DictConfig:
+    """``cfg`` merged with ``layer``; an error names the key, after ``origin`` (e.g. the file) when given."""
+    try:
+        return OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or ""
         if type(error).__name__ == "ConfigKeyError":
-            raise ConfigError(f"unknown config key {key!r}; allowed here: {_allowed_keys(schema, key)}") from None
+            allowed = _allowed_keys(schema, key)
+            raise ConfigError(f"{origin}unknown config key {key!r}; allowed here: {allowed}") from None
         reason = str(error).splitlines()[0]
-        raise ConfigError(f"bad value for config key {key!r}: {reason}") from None
+        raise ConfigError(f"{origin}bad value for config key {key!r}: {reason}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
+    """The schema's defaults, merged with a YAML file and ``key=value`` dotlist overrides, validated.
+
+    Every problem is a :class:`ConfigError` naming the file (and line) or the key, and what is expected."""
+    schema = OmegaConf.structured(RunConfig)
+    cfg = schema
+    if path is not None:
+        cfg = _merge(schema, cfg, _read_yaml(path), f"config file {path}: ")
+    cfg = _merge(schema, cfg, _parse_overrides(list(overrides)))
+    try:
+        OmegaConf.resolve(cfg)  # a bad ${interpolation} is an error now, not a traceback later
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        raise ConfigError(f"bad value for config key {key!r}: {str(error).splitlines()[0]}") from None
     if OmegaConf.is_missing(cfg.model, "name"):
         raise ConfigError("config key 'model.name' is required: a registered model name (see `selfens list`)")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
+    for arg, source in _MODEL_ARGS_SET_ELSEWHERE.items():
+        if arg in cfg.model.args:
+            raise ConfigError(f"config key 'model.args.{arg}' cannot be set: it comes from {source}; remove it")
     _check_ranges(cfg)
     return cfg
 
 
 def _check_ranges(cfg: DictConfig) -> None:
-    checks = {
-        "train.epochs": cfg.train.epochs >= 1, "train.batch_size": cfg.train.batch_size >= 1,
-        "train.lr": cfg.train.lr > 0, "data.val_split": 0.0 <= cfg.data.val_split < 1.0,
-        "data.subset": cfg.data.subset is None or cfg.data.subset >= 1,
-        "train.keep_checkpoints": cfg.train.keep_checkpoints >= 1,
+    t, d = cfg.train, cfg.data
+    checks = {  # key: (holds, what is expected)
+        "train.epochs": (t.epochs >= 1, ">= 1"), "train.batch_size": (t.batch_size >= 1, ">= 1"),
+        "train.lr": (math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
+        "train.momentum": (0.0 <= t.momentum < 1.0, "in [0, 1)"),
+        "train.weight_decay": (math.isfinite(t.weight_decay) and t.weight_decay >= 0, "a finite number >= 0"),
+        "train.gamma": (math.isfinite(t.gamma) and t.gamma > 0, "a finite number > 0"),
+        "train.milestones": (all(0.0 <= m <= 1.0 for m in t.milestones),
+                             "fractions of training in [0, 1], e.g. [0.5, 0.75], not epochs"),
+        "train.warmup_epochs": (0.0 <= t.warmup_epochs <= t.epochs, "in [0, train.epochs]"),
+        "train.grad_clip": (t.grad_clip is None or t.grad_clip > 0, "null or > 0"),
+        "train.keep_checkpoints": (t.keep_checkpoints >= 1, ">= 1"),
+        "data.val_split": (0.0 <= d.val_split < 1.0, "in [0, 1)"),
+        "data.subset": (d.subset is None or d.subset >= 1, "null (all images) or >= 1"),
+        "data.eval_batch_size": (d.eval_batch_size >= 1, ">= 1"),
     }
-    for key, ok in checks.items():
+    for key, (ok, expected) in checks.items():
         if not ok:
-            raise ConfigError(f"config key {key!r} is out of range: {OmegaConf.select(cfg, key)!r}")
+            raise ConfigError(f"config key {key!r} is out of range: {OmegaConf.select(cfg, key)!r}; expected "
+                              f"{expected}")
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,15 @@ class DatasetInfo:
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """One split held in memory: uint8 images (N, C, H, W) and int64 labels (N,).
+
+    ``cut_from`` is the size of the split these images were drawn from (by ``subset`` or
+    ``val_split``), None when this is the whole split.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    cut_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -117,7 +123,9 @@ def load_dataset(name: str, *, root: str | None = None, subset: int | None = Non
 
     Returns ``{"train", "test"}`` splits, plus ``"val"`` when ``val_split > 0``.
     ``subset=N`` keeps a seeded random N of train and ``min(len(test), max(N // 5, 100))``
-    of test (for quick runs). ``val_split=f`` holds out a seeded random fraction ``f`` of
+    of test (for quick runs; the cut of the test set is printed, and recorded as the test
+    split's ``cut_from``). A ``subset`` larger than the training set is a ValueError, not
+    a silent cut. ``val_split=f`` holds out a seeded random fraction ``f`` of
     (the subset of) train as ``"val"``. ``root`` is where to look for / download the data
     (default ``$SELFENS_DATA`` or ``~/.cache/selfens/data``). ``info.mean``/``info.std`` are
     always those of the full training set, so they do not depend on ``subset``/``seed``.
@@ -125,6 +133,9 @@ def load_dataset(name: str, *, root: str | None = None, subset: int | None = Non
     _check_split_args(subset, val_split)
     family, arg = _parse_name(name)
     info, train, test = _LOADERS[family](name, arg, root)
+    if subset is not None and subset > len(train):
+        raise ValueError(f"subset={subset} (data.subset) is more than the {len(train)} training images of "
+                         f"{name!r}; use at most {len(train)}, or no subset (data.subset=null) for all of them")
     return info, _make_splits(train, test, subset=subset, val_split=val_split, seed=seed)
 
 
@@ -152,7 +163,15 @@ def iterate_batches(split: Split, info: DatasetInfo, *, batch_size: int, train: 
 
 
 def num_batches(split: Split, batch_size: int, drop_last: bool = False) -> int:
-    """How many batches :func:`iterate_batches` yields for ``split``."""
+    """How many batches :func:`iterate_batches` yields for ``split``.
+
+    ``drop_last=True`` is how training batches: a split smaller than one batch would give
+    epochs of no step and an untrained model, so it is a ValueError saying what to change.
+    """
+    if drop_last and 0 < len(split) < batch_size:
+        raise ValueError(f"the training split has {len(split)} images, fewer than one batch of {batch_size} "
+                         f"(train.batch_size), so no training step would run; set train.batch_size to at most "
+                         f"{len(split)}, or train on more images (a larger data.subset, a smaller data.val_split)")
     return len(split) // batch_size if drop_last else math.ceil(len(split) / batch_size)
 
 
@@ -188,13 +207,18 @@ def _make_splits(train: Split, test: Split, *, subset: int | None, val_split: fl
         n_test = min(len(test), max(subset // 5, 100))
         test_gen = _generator(seed, _TEST_SUBSET_STREAM)
         splits["test"] = _select(test, torch.randperm(len(test), generator=test_gen)[:n_test])
+        if n_test < len(test):  # announced: a test accuracy on a cut test set must not pass for the full one
+            print(f"test set cut to {n_test} of {len(test)} images by data.subset={subset} (N // 5, at least 100, "
+                  f"seeded) to keep a quick run quick; without a subset (data.subset=null) all {len(test)} are "
+                  "evaluated",
+                  file=sys.stderr)
     return splits
 
 
 def _select(split: Split, idx: torch.Tensor) -> Split:
     """The images at ``idx``, kept in their original order."""
     idx = idx.sort().values
-    return Split(split.images[idx], split.labels[idx])
+    return Split(split.images[idx], split.labels[idx], cut_from=len(split) if len(idx) < len(split) else None)
 
 
 def _generator(seed: int, *stream: int) -> torch.Generator:
@@ -442,14 +466,33 @@ def _load_fake(name: str, arg: str | None, root: str | None) -> _Loaded:
 
 
 def _read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[Split, list[str]]:
-    """Load every image under ``folder/<class>/`` as RGB, resized to IMAGEFOLDER_SIZE."""
-    from torchvision import datasets, transforms
+    """Load every image under ``folder/<class>/`` as RGB, resized to IMAGEFOLDER_SIZE.
 
+    A folder without class sub-folders, a class folder without images and an image that
+    does not decode are errors naming the folder or file.
+    """
+    from torchvision import datasets, transforms
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    expected = f"expected {folder}/<class>/ sub-folders, each holding images ({' '.join(IMG_EXTENSIONS)})"
+    if not any(entry.is_dir() for entry in folder.iterdir()):
+        raise FileNotFoundError(f"imagefolder: {folder} has no class sub-folders; {expected}")
     transform = transforms.Compose([transforms.Resize(IMAGEFOLDER_SIZE), transforms.PILToTensor()])
-    ds = datasets.ImageFolder(str(folder), transform=transform)
+    ds = datasets.ImageFolder(str(folder), transform=transform, allow_empty=True)
+    empty = sorted(set(ds.classes) - {ds.classes[t] for t in ds.targets})
+    if empty:
+        raise FileNotFoundError(f"imagefolder: class folder(s) {', '.join(str(folder / c) for c in empty)} hold no "
+                                f"images; {expected}. Add images, or remove the empty folder(s) (from every split)")
     if classes is not None and ds.classes != classes:
         raise ValueError(f"{folder} has classes {ds.classes}, but the train folder has {classes}")
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images = []
+    for i, (path, _) in enumerate(ds.samples):
+        try:
+            images.append(ds[i][0])
+        except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+            raise ValueError(f"imagefolder: cannot read the image {path} ({type(err).__name__}: {err}); "
+                             "replace or remove the file") from err
+    images = torch.stack(images)
     return Split(images, torch.tensor(ds.targets, dtype=torch.int64)), ds.classes
 
 

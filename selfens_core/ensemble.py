@@ -1,6 +1,9 @@
 """The one contract every method implements: a module whose forward returns member logits shaped (M, B, C)."""
 from __future__ import annotations
 
+import operator
+import sys
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -8,7 +11,47 @@ from typing import Any
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .combiners import Combiner, MeanLogits
+
+
+class NonFiniteInputError(ValueError):
+    """A training batch holds NaN or infinite values; the model refused it before any module ran (a BatchNorm in
+    training mode would have turned its running statistics, and every later prediction, into NaN)."""
+
+
+class NonFiniteInputWarning(RuntimeWarning):
+    """Images with NaN or infinite values reached a model in evaluation mode: their outputs are NaN (the other
+    images of the batch are unaffected)."""
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name`` (a bool is refused: ``True`` is not a count)."""
+    index = _as_index(value)
+    if index is None or index < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return index
+
+
+def _caller_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel (for a call made by this function's caller) of the first frame outside this
+    module and ``torch.nn``'s call machinery: the user's ``model(x)`` or ``model.predict(x)`` line."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (frame.f_globals.get("__name__") == __name__
+                                        or frame.f_globals.get("__name__", "").startswith("torch.nn.modules")):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _as_index(value: Any) -> int | None:
+    """An int-like value (int, numpy integer, 0-d integer tensor) as an int; None for anything else, bools included
+    (``True`` is an int to Python, but never a count)."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 class SelfEnsemble(nn.Module, ABC):
@@ -19,13 +62,20 @@ class SelfEnsemble(nn.Module, ABC):
     members=k)`` combines them into class probabilities (B, C) through ``model.combiner`` (assigning a combiner binds
     it to this model's member and class counts). Subclasses implement :meth:`forward_members` and may override
     :meth:`forward_subset`.
+
+    Inputs are checked before any module runs (:meth:`check_input`): images (B, in_chans, H, W) of the parameters'
+    floating dtype (any floating dtype under an active ``torch.autocast``). Non-finite values are refused in training
+    mode (:class:`NonFiniteInputError`) and warned about in evaluation mode (:class:`NonFiniteInputWarning`; those
+    images' outputs are NaN, the others' are unaffected). A batch of 0 images gives empty logits (M, 0, C) and
+    ``predict`` empty probabilities (0, C) in evaluation mode, and is refused in training mode.
     """
 
     def __init__(self, *, num_members: int, num_classes: int, in_chans: int, input_size: tuple[int, int] = (32, 32),
                  min_input_size: int = 8, combiner: Combiner | None = None):
         super().__init__()
-        if num_members < 1:
-            raise ValueError(f"num_members must be >= 1, got {num_members}")
+        keep_freed_memory()  # once per process: member-parallel activations are large (allocator.py)
+        num_members = positive_int("num_members", num_members)
+        num_classes, in_chans = positive_int("num_classes", num_classes), positive_int("in_chans", in_chans)
         self.num_members = num_members
         self.pretrained_cfg: dict[str, Any] = {
             "num_classes": num_classes,
@@ -54,22 +104,32 @@ class SelfEnsemble(nn.Module, ABC):
         """Validate a ``members`` argument and return how many members will run."""
         if members is None:
             return self.num_members
-        if not isinstance(members, int) or not 1 <= members <= self.num_members:
+        count = _as_index(members)
+        if count is None or not 1 <= count <= self.num_members:
+            hint = " (a bool is not a member count)" if isinstance(members, bool) else ""
             raise ValueError(f"members must be an int in [1, {self.num_members}], a sequence of member indices or "
-                             f"None, got {members!r}")
-        return members
+                             f"None, got {members!r}{hint}")
+        return count
 
     def member_indices(self, members: Sequence[int]) -> tuple[int, ...]:
         """Validate an explicit list of member indices (distinct, each in [0, num_members))."""
-        indices = tuple(members)
-        bad = [i for i in indices if not isinstance(i, int) or not 0 <= i < self.num_members]
+        indices = tuple(_as_index(i) for i in members)
+        bad = [i for i in indices if i is None or not 0 <= i < self.num_members]
         if not indices or bad or len(set(indices)) != len(indices):
             raise ValueError(f"member indices must be distinct ints in [0, {self.num_members - 1}], got {members!r}")
         return indices
 
+    def parameter_dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating-point parameter: the input dtype the model takes outside autocast."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+
     def check_input(self, x: torch.Tensor) -> None:
-        """Refuse inputs the model cannot take, with a message that says what it expects."""
+        """Refuse inputs the model cannot take, before any module runs, with a message that says what it expects:
+        shape, channels, minimum size, dtype, and (in training mode) finite values and at least one image. In
+        evaluation mode non-finite images are warned about (:class:`NonFiniteInputWarning`) and run."""
         in_chans, min_size = self.pretrained_cfg["in_chans"], self.pretrained_cfg["min_input_size"]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a tensor of images shaped (B, {in_chans}, H, W), got {type(x).__name__}")
         if x.ndim != 4:
             raise ValueError(f"expected a batch of images shaped (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != in_chans:
@@ -82,17 +142,60 @@ class SelfEnsemble(nn.Module, ABC):
                 f"input {x.shape[-2]}x{x.shape[-1]} is smaller than this model's minimum {min_size}x{min_size}; "
                 f"resize the images (the model was built for {self.pretrained_cfg['input_size'][1:]})"
             )
+        self._check_dtype(x)
+        if x.shape[0] == 0 and self.training:
+            raise ValueError("a training batch of 0 images: nothing to train on (and no BatchNorm statistics); "
+                             "drop empty batches before the model (evaluation mode returns empty outputs)")
+        self._check_finite(x)
+
+    def _check_dtype(self, x: torch.Tensor) -> None:
+        wanted = self.parameter_dtype() or torch.get_default_dtype()
+        if x.dtype == wanted:
+            return
+        if not x.is_floating_point():
+            raise TypeError(
+                f"expected floating-point images ({wanted}, the model's parameter dtype), got {x.dtype}; convert "
+                f"8-bit images with x.float() / 255, then normalise them with model.pretrained_cfg['mean'] and "
+                f"['std']: (x - mean) / std per channel"
+            )
+        if not torch.is_autocast_enabled(x.device.type):  # autocast casts inside each op: any float dtype works
+            autocast = (f", run the model under torch.autocast('{x.device.type}', dtype={x.dtype})"
+                        if x.dtype in (torch.float16, torch.bfloat16) else "")
+            raise TypeError(f"the model's parameters are {wanted} but the images are {x.dtype}; pass "
+                            f"x.to({wanted}){autocast} or convert the model with model.to({x.dtype})")
+
+    def _check_finite(self, x: torch.Tensor) -> None:
+        if bool(torch.isfinite(x).all()):  # one reduction (and one device sync): negligible next to a forward
+            return
+        bad_images = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+        values = int((~torch.isfinite(x)).sum())
+        where = ", ".join(map(str, bad_images[:10])) + (", ..." if len(bad_images) > 10 else "")
+        what = (f"{len(bad_images)} of {x.shape[0]} images contain non-finite values ({values} NaN/inf values; "
+                f"batch positions {where})")
+        if self.training:
+            raise NonFiniteInputError(
+                f"{what}: refused in training mode before any module ran (BatchNorm running statistics would "
+                f"become NaN, and every later prediction with them); check the data and its normalisation "
+                f"(a std of 0 divides by zero)")
+        warnings.warn(f"{what}: their logits and probabilities are NaN; the other images are unaffected",
+                      NonFiniteInputWarning, stacklevel=_caller_stacklevel())
 
     def forward(self, x: torch.Tensor, members: int | Sequence[int] | None = None) -> torch.Tensor:
         """Logits (M, B, C) of the first ``members`` members (all when ``None``), or of the listed member indices
         in that order (a sampler that trains members on different batches passes e.g. ``members=(2,)``)."""
-        if isinstance(members, Sequence):
+        indices = None
+        if isinstance(members, Sequence) and not isinstance(members, (str, bytes)):
             indices = self.member_indices(members)
-            self.check_input(x)
-            return self.forward_subset(x, indices)
-        m = self.member_count(members)
+            count = len(indices)
+        else:
+            count = self.member_count(members)
         self.check_input(x)
-        return self.forward_members(x, m)
+        if x.shape[0] == 0:  # evaluation mode (check_input refuses it in training): empty in, empty out
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            return x.new_zeros((count, 0, self.num_classes), dtype=dtype)
+        if indices is not None:
+            return self.forward_subset(x, indices)
+        return self.forward_members(x, count)
 
     @abstractmethod
     def forward_members(self, x: torch.Tensor, members: int) -> torch.Tensor:

@@ -18,17 +18,30 @@ def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size
     All members run once per batch; a budget of ``k`` members combines the first ``k`` member outputs, which is what
     ``model.predict(x, members=k)`` computes. FLOPs are per image, measured for each budget with
     ``torch.utils.flop_counter``.
+
+    Non-finite images or logits are refused (a ValueError naming the images' indices in ``split``) rather than scored:
+    NaN probabilities would turn NLL, ECE and Brier into NaN and count as wrong answers in accuracy. An empty split is
+    refused too.
     """
     from tqdm.auto import tqdm
 
+    if len(split) == 0:
+        raise ValueError("evaluate: the split holds 0 images; there is nothing to evaluate")
     was_training = model.training
     model.eval()
     budgets = model.budgets()
     acc = MetricAccumulator(model.num_members, budgets)
     batches = iterate_batches(split, info, batch_size=batch_size, train=False, augment=False, seed=0, epoch=0)
+    start = 0
     for x, y in tqdm(batches, total=-(-len(split) // batch_size), desc="eval", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
-        acc.update(model(x).float().cpu(), y.cpu(), model.combiner)
+        _refuse_non_finite(x, start, f"are non-finite after normalisation with mean {info.mean} and std {info.std}",
+                           "fix the data or the normalisation (a std of 0 divides by zero)")
+        logits = model(x).float()
+        _refuse_non_finite(logits.transpose(0, 1), start, "got non-finite logits although they are finite",
+                           "the model's weights are probably NaN or inf (a diverged run?)")
+        acc.update(logits.cpu(), y.cpu(), model.combiner)
+        start += len(x)
     result = acc.compute()
     if flops:
         example = torch.zeros(1, *info.input_size, device=device)
@@ -36,8 +49,20 @@ def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size
             result["members"][str(k)]["flops"] = count_flops(model, example, members=k)
     result["params"] = count_params(model)
     result["num_samples"] = len(split)
+    if split.cut_from is not None:  # a seeded cut of a larger split (data.subset, --subset): of how many
+        result["num_samples_of"] = split.cut_from
     model.train(was_training)
     return result
+
+
+def _refuse_non_finite(values: torch.Tensor, start: int, what: str, advice: str) -> None:
+    """A ValueError naming the split indices of the rows (dim 0) of ``values`` that hold a NaN or inf."""
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = (start + (~torch.isfinite(values)).flatten(1).any(1).nonzero().flatten()).tolist()
+    shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+    raise ValueError(f"evaluate: {len(bad)} image(s) {what} (split indices {shown}: the first batch holding any): "
+                     f"{advice}; no metrics were computed (they would be NaN)")
 
 
 def format_budget_table(metrics: dict[str, Any]) -> str:

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from .backbones import BackboneError, BackboneParts
+from .backbones import BackboneAdapter, BackboneError, BackboneParts, create_timm
 from .combiners import Combiner
-from .ensemble import SelfEnsemble
+from .ensemble import SelfEnsemble, positive_int
 from .plugins import registries
 
 
@@ -49,6 +49,8 @@ def build_model(name: str, *, num_classes: int, in_chans: int = 3, combiner: str
     builder takes. ``combiner`` is a registered combiner name or instance (default: the model's own).
     """
     entry, suffix = registries().models.resolve(name)
+    # before the builder runs: timm builds a head-less network for num_classes=0 without a word
+    num_classes, in_chans = positive_int("num_classes", num_classes), positive_int("in_chans", in_chans)
     check_arguments(f"model {name!r}", entry.obj, overrides, skip=("num_classes", "in_chans"))
     args = (suffix,) if suffix is not None else ()
     model = entry.obj(*args, num_classes=num_classes, in_chans=in_chans, **overrides)
@@ -63,11 +65,30 @@ def build_model(name: str, *, num_classes: int, in_chans: int = 3, combiner: str
 
 def backbone_parts(model: nn.Module, name: str = "") -> BackboneParts:
     """Split a timm model with the first registered backbone adapter that matches it."""
+    return _adapter_for(model, name).split(model)
+
+
+def create_backbone(name: str, *, num_classes: int, in_chans: int, small_images: bool = False,
+                    **timm_kwargs) -> nn.Module:
+    """``timm.create_model`` for selfens: with ``small_images``, adapted by its family's backbone adapter to
+    28×28 / 32×32 inputs (the first two 2× downsamplings removed: total stride 8). Every method builds its timm
+    networks through here, so the option means the same thing for all of them."""
+    model = create_timm(name, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+    if small_images:
+        adapter = _adapter_for(model, name)
+        if adapter.small_images is None:
+            raise BackboneError(f"the {adapter.family!r} backbone adapter does not support small_images; "
+                                f"train {name} at its own resolution or register an adapter that does")
+        adapter.small_images(model)
+    return model
+
+
+def _adapter_for(model: nn.Module, name: str) -> BackboneAdapter:
     adapters = registries().backbone_adapters
     for adapter_name in adapters.names():
         adapter = adapters.get(adapter_name)
         if adapter.matches(model):
-            return adapter.split(model)
+            return adapter
     raise BackboneError(
         f"timm model {name or ''} ({type(model).__name__}) has no backbone adapter; supported families: "
         f"{', '.join(adapters.get(n).family for n in adapters.names())}. Register one with the "

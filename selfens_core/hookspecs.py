@@ -6,6 +6,10 @@ found through the ``selfens`` entry-point group (built-in methods register exact
 arguments, and the hook API only ever grows by adding arguments. The tutorial and a section per hook are in
 ``docs/plugins.md``.
 
+Each ``register`` callback checks what it gets: an instance where a class is expected (or the reverse), or a keyword
+the hook does not list below, is refused as that plugin's failure, naming the hook and what it takes. A function
+named like a hook but not decorated with ``@hookimpl``, and a plugin module implementing no hook, are failures too.
+
 Names are unique per registry. Built-in plugins register first and their names are reserved: a plugin replaces one
 only by passing ``replace=True`` (``register("mean_probs", MyMeanProbs, replace=True)``). Any other name clash is
 reported as a failure of the plugin that registered second, naming both.
@@ -27,16 +31,19 @@ def register_models(register):
     """Register methods: model builders and their training recipes.
 
     Call ``register(name, builder, **entry_options)`` for each exact model name, and
-    ``register.family(prefix, builder, examples=[...])`` for an open family such as ``prefix-<timm name>``.
-    A builder is ``builder(*, num_classes, in_chans, **kwargs) -> SelfEnsemble`` (family builders also get the
-    suffix as their first positional argument). ``entry_options`` may name the defaults of the model's training
-    recipe: ``distiller=``, ``combiner=``, ``sampler=`` (registered names) and ``description=``.
+    ``register.family(prefix, builder, accepts=..., suffix=..., examples=[...], **entry_options)`` for an open family
+    such as ``prefix-<timm model name>``: ``accepts(suffix)`` says which suffixes it builds, ``suffix`` names them in
+    words for listings, ``examples`` start with ``prefix``. A builder is a function or class,
+    ``builder(*, num_classes, in_chans, **kwargs) -> SelfEnsemble`` (family builders also get the suffix as their
+    first positional argument). ``entry_options`` may name the defaults of the model's training recipe:
+    ``distiller=``, ``combiner=``, ``sampler=`` (registered names) and ``description=``; nothing else.
     """
 
 
 @hookspec
 def register_combiners(register):
-    """Register combiners: ``register(name, cls)`` where ``cls(**options)`` is a :class:`selfens_core.Combiner`."""
+    """Register combiners: ``register(name, cls)`` where ``cls(**options)`` is a :class:`selfens_core.Combiner`
+    (the class, not an instance: the options come from the config)."""
 
 
 @hookspec
@@ -54,10 +61,12 @@ def register_samplers(register):
 @hookspec
 def register_backbone_adapters(register):
     """Register backbone adapters: ``register(name, adapter)`` where ``adapter`` is a
-    :class:`selfens_core.backbones.BackboneAdapter` splitting a timm model into stem, stages, neck and classifier."""
+    :class:`selfens_core.backbones.BackboneAdapter` instance splitting a timm model into stem, stages, neck and
+    classifier."""
 
 
 @hookspec
 def register_zoo_sources(register):
-    """Register zoo sources: ``register(name, directory)`` where ``directory`` holds zoo entries, one sub-folder per
-    entry with its ``manifest.json`` and optionally the bundled files. Called when the zoo is first listed or loaded."""
+    """Register zoo sources: ``register(name, directory)`` where ``directory`` (an existing ``str`` or ``Path``) holds
+    zoo entries, one sub-folder per entry with its ``manifest.json`` and optionally the bundled files. Called when the
+    zoo is first listed or loaded."""

@@ -26,12 +26,41 @@ def load_pretrained(directory: str | Path) -> SelfEnsemble:
     config_file = directory / CONFIG_FILE
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} is not a trained model directory: {CONFIG_FILE} is missing")
-    cfg = json.loads(config_file.read_text())
+    cfg = _read_config(config_file)
     combiner = cfg.get("combiner")
     if combiner is not None:  # with the options it was trained with (e.g. the voting seed)
         combiner = build_component("combiners", combiner, cfg.get("combiner_args"))
-    model = build_model(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
-                   combiner=combiner, **cfg.get("build_args", {}))
+    try:
+        model = build_model(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
+                            combiner=combiner, **cfg.get("build_args", {}))
+    except (TypeError, ValueError) as error:  # e.g. a build argument the installed plugin no longer takes
+        raise ValueError(f"{config_file}: cannot build {cfg['architecture']!r} from it: {error}") from error
     load_weights(directory / WEIGHTS_FILE, model, strict=True)
     model.pretrained_cfg.update(cfg)
     return model.eval()
+
+
+_REQUIRED = {"architecture": "str", "num_classes": "int", "in_chans": "int"}
+_EXPECTED = ("an object with 'architecture' (the registered model name, as `selfens list` shows it), 'num_classes', "
+             "'in_chans' and 'build_args', as save_pretrained writes it")
+
+
+def _read_config(config_file: Path) -> dict:
+    """``config.json`` as a dict holding what :func:`load_pretrained` needs, or a ValueError naming the file and
+    what is wrong with it."""
+    try:
+        cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); expected {_EXPECTED}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(cfg).__name__}, not an object; expected {_EXPECTED}")
+    missing = [key for key in _REQUIRED if key not in cfg]
+    if missing:
+        raise ValueError(f"{config_file} lacks {', '.join(map(repr, missing))}; expected {_EXPECTED}")
+    wrong = [f"{key!r} is {type(cfg[key]).__name__} {cfg[key]!r}, not {kind}" for key, kind in _REQUIRED.items()
+             if type(cfg[key]).__name__ != kind]
+    if not isinstance(cfg.get("build_args", {}), dict):
+        wrong.append(f"'build_args' is {type(cfg['build_args']).__name__}, not an object")
+    if wrong:
+        raise ValueError(f"{config_file}: {'; '.join(wrong)}; expected {_EXPECTED}")
+    return cfg

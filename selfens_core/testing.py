@@ -11,14 +11,17 @@ Fixtures (both make plugin failures errors, as ``SELFENS_STRICT_PLUGINS=1`` does
 - ``register_plugin(plugin, name=None)``: make a plugin module visible to ``selfens_core.create``, ``list_models``
   and the engine for one test, undone afterwards; a no-op when the plugin is installed already.
 
-The contract: :func:`check_model_contract` builds a registered model and runs every check on it (forward shape and
-finite output, member prefix consistency, backward reaching every parameter, save/load round trip, evaluation
-metric keys); the ``check_*`` functions run one check on a model you built. This module needs pytest (the ``test``
+The contract: :func:`check_model_contract` builds a registered model and runs every check on it (forward shape, finite
+logits rather than probabilities, member prefix consistency, each image's eval-mode output independent of the rest of
+its batch, ``members=k`` costing less than more members, backward reaching every parameter, save/load round trip,
+evaluation metric keys); the ``check_*`` functions run one check on a model you built. Every failure is an
+AssertionError whose message starts with the check's name. This module needs pytest (the ``test``
 extra) for its fixtures; it is a module rather than an auto-loaded ``pytest11`` plugin, so installing selfens changes
 no other project's test runs.
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +32,7 @@ from torch.nn import functional as F
 
 from . import plugins
 from .ensemble import SelfEnsemble
+from .metrics import count_flops
 
 PER_BUDGET_METRICS = {"acc", "nll", "ece", "brier", "flops"}
 MODEL_METRICS = {"members", "member_acc", "disagreement", "agreement", "params", "num_samples"}
@@ -64,14 +68,32 @@ def register_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., s
 
 def check_model_contract(name: str, *, num_classes: int = 7, in_chans: int = 1, **build_args: Any) -> None:
     """Build the registered model ``name`` with ``build_args`` (keep them small: the checks run real passes) and
-    run every contract check on it."""
+    run every contract check on it. A failure is an AssertionError whose message starts with the failing check's
+    name (e.g. ``check_prefix_cost: ...``)."""
     from .factory import build_model
 
     model = build_model(name, num_classes=num_classes, in_chans=in_chans, **build_args)
-    check_forward(model)
-    check_backward(model)
-    check_save_load(model)
-    check_eval_metrics(model)
+    for check in CHECKS:
+        check(model)
+
+
+def _named(check: Callable[..., None]) -> Callable[..., None]:
+    """Make every failure of ``check`` an AssertionError starting with its name: its own assertions, and any
+    exception the model raises while it runs (chained, so the model's traceback stays)."""
+    prefix = f"{check.__name__}: "
+
+    @functools.wraps(check)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            check(*args, **kwargs)
+        except AssertionError as error:
+            if str(error).startswith(prefix):
+                raise
+            raise AssertionError(prefix + str(error)) from error
+        except Exception as error:
+            raise AssertionError(f"{prefix}the model raised {type(error).__name__}: {error}") from error
+
+    return run
 
 
 def _images(model: SelfEnsemble, batch: int, image_size: int | None = None) -> torch.Tensor:
@@ -79,23 +101,89 @@ def _images(model: SelfEnsemble, batch: int, image_size: int | None = None) -> t
     return torch.randn(batch, channels, image_size or height, image_size or width)
 
 
+@_named
 def check_forward(model: SelfEnsemble, image_size: int | None = None) -> None:
-    """Logits are (M, B, C) and finite; ``members=k`` equals the first k members of a full pass for every budget;
-    ``predict`` returns probabilities (B, C)."""
+    """Logits are (M, B, C), finite, and logits rather than probabilities; ``members=k`` equals the first k members
+    of a full pass for every budget; ``predict`` returns probabilities (B, C)."""
     model.eval()
     x = _images(model, 3, image_size)
     with torch.no_grad():
         out = model(x)
-        assert out.shape == (model.num_members, 3, model.num_classes), f"logits shaped {tuple(out.shape)}"
+        assert out.shape == (model.num_members, 3, model.num_classes), (
+            f"logits shaped {tuple(out.shape)}, expected (members, batch, classes) = "
+            f"{(model.num_members, 3, model.num_classes)}")
         assert torch.isfinite(out).all(), "non-finite logits"
+        assert not ((out >= 0).all() and torch.allclose(out.double().sum(-1), torch.ones(1, dtype=torch.float64),
+                                                         atol=1e-4)), (
+            "forward returned probabilities (every row non-negative and summing to 1); logits are expected: "
+            "remove the final softmax (the combiner turns logits into probabilities in predict)")
         for k in model.budgets():
             torch.testing.assert_close(model(x, members=k), out[:k], rtol=1e-4, atol=1e-5,
                                        msg=lambda m, k=k: f"members={k} differs from a full pass's first {k}: {m}")
         probs = model.predict(x, members=model.budgets()[-1])
     assert probs.shape == (3, model.num_classes), f"predict returned shape {tuple(probs.shape)}"
-    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    assert (probs >= 0).all(), "predict returned negative probabilities"
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3),
+                               msg=lambda m: f"predict's probabilities do not sum to 1: {m}")
 
 
+@_named
+def check_batch_independence(model: SelfEnsemble, image_size: int | None = None) -> None:
+    """In evaluation mode each image's logits and probabilities are the same alone as within a batch (a model that
+    normalises across the batch, or uses BatchNorm batch statistics in eval mode, fails)."""
+    model.eval()
+    x = _images(model, 3, image_size)
+    with torch.no_grad():
+        together = model(x)
+        probs = model.combiner(together)
+        for i in (0, len(x) - 1):
+            alone = model(x[i:i + 1])
+            torch.testing.assert_close(
+                alone, together[:, i:i + 1], rtol=1e-4, atol=1e-4,
+                msg=lambda m, i=i: f"image {i}'s eval-mode logits differ alone and within a batch of {len(x)}: the "
+                                   f"model mixes the images of a batch: {m}")
+            torch.testing.assert_close(
+                model.combiner(alone), probs[i:i + 1], rtol=1e-4, atol=1e-5,
+                msg=lambda m, i=i: f"image {i}'s eval-mode probabilities differ alone and within a batch of "
+                                   f"{len(x)}: the combiner mixes the images of a batch: {m}")
+
+
+def _cost(model: SelfEnsemble, x: torch.Tensor, members: int) -> tuple[int, str]:
+    """FLOPs of ``model(x, members=members)``; module calls where the counter finds no FLOPs (elementwise-only)."""
+    flops = count_flops(model, x, members=members)
+    if flops:
+        return flops, "FLOPs"
+    calls = 0
+
+    def count(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        with torch.no_grad():
+            model(x, members=members)
+    finally:
+        handle.remove()
+    return calls, "module calls"
+
+
+@_named
+def check_prefix_cost(model: SelfEnsemble, image_size: int | None = None) -> None:
+    """``members=k`` computes only what the first k members need: each budget costs less than the next (FLOPs,
+    counted by ``torch.utils.flop_counter``), so a model that computes every member and slices fails."""
+    model.eval()
+    x = _images(model, 1, image_size)
+    budgets = model.budgets()
+    costs = {k: _cost(model, x, k) for k in budgets}
+    for small, large in zip(budgets, budgets[1:]):
+        (cost_small, unit), (cost_large, _) = costs[small], costs[large]
+        assert cost_small < cost_large, (
+            f"members={small} costs {cost_small:,} {unit}, not less than members={large} ({cost_large:,}): "
+            f"forward_members must compute only what the first k members need, not every member and then slice")
+
+
+@_named
 def check_backward(model: SelfEnsemble, image_size: int | None = None) -> None:
     """A cross-entropy loss over all members (plus a trainable combiner's own loss on the detached outputs, as the
     engine trains it) gives every trainable parameter a gradient."""
@@ -111,6 +199,7 @@ def check_backward(model: SelfEnsemble, image_size: int | None = None) -> None:
     assert not missing, f"no gradient reached {missing[:5]}"
 
 
+@_named
 def check_save_load(model: SelfEnsemble) -> None:
     """``save_pretrained`` then ``load_pretrained`` rebuilds the model from its config and loads the weights
     strictly: the same outputs. The model must come from ``selfens_core.create`` (its config names it)."""
@@ -121,9 +210,11 @@ def check_save_load(model: SelfEnsemble) -> None:
     with tempfile.TemporaryDirectory() as directory, torch.no_grad():
         save_pretrained(model, directory)
         loaded = load_pretrained(directory)
-        torch.testing.assert_close(loaded(x), model(x))
+        torch.testing.assert_close(loaded(x), model(x),
+                                   msg=lambda m: f"the reloaded model's logits differ from the saved one's: {m}")
 
 
+@_named
 def check_eval_metrics(model: SelfEnsemble) -> None:
     """``evaluate`` reports every metric for every budget in ``model.budgets()``."""
     from .data import DatasetInfo, Split
@@ -135,6 +226,12 @@ def check_eval_metrics(model: SelfEnsemble) -> None:
     images = torch.randint(0, 256, (4, *info.input_size), dtype=torch.uint8)
     metrics = evaluate(model, Split(images, torch.arange(4) % model.num_classes), info, batch_size=4)
     assert MODEL_METRICS <= set(metrics), f"missing metrics {MODEL_METRICS - set(metrics)}"
-    assert list(metrics["members"]) == [str(k) for k in model.budgets()]
+    assert list(metrics["members"]) == [str(k) for k in model.budgets()], (
+        f"evaluated budgets {list(metrics['members'])}, expected model.budgets() {model.budgets()}")
     for k, values in metrics["members"].items():
         assert PER_BUDGET_METRICS <= set(values), f"members={k}: missing {PER_BUDGET_METRICS - set(values)}"
+
+
+CHECKS = (check_forward, check_batch_independence, check_prefix_cost, check_backward, check_save_load,
+          check_eval_metrics)
+"""Every check :func:`check_model_contract` runs, in order; each takes a built model."""

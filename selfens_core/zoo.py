@@ -7,7 +7,12 @@ manifest says ``"default": true``.
 
 Files come from the HF cache or the Hub at the pinned commit (only the cache when ``HF_HUB_OFFLINE`` is set); when
 that fails, from the bundled copy; else the error names the repo, revision and cache path. Every file is checked
-against its sha256 before use, and a cached file that fails is deleted so it is never used again.
+against its sha256 before use, and a cached file that fails is deleted so it is never used again. A ``local-dir:``
+folder that carries a ``manifest.json`` is checked against it too.
+
+A manifest that cannot be read (bad JSON, a missing key), or an entry a second source defines again, is skipped
+with a warning naming its manifest (an error with ``SELFENS_STRICT_PLUGINS=1``): every other entry still loads. Zoo
+names resolve to the zoo only; a local folder is ``local-dir:PATH``.
 """
 from __future__ import annotations
 
@@ -27,6 +32,13 @@ MANIFEST_FORMAT = "selfens-zoo/1"
 
 class ZooUnavailableError(RuntimeError):
     """An entry's files could be found neither on the Hub, nor in the cache, nor bundled."""
+
+
+class ZooManifestError(ValueError):
+    """A zoo manifest that cannot be read, or that lists files it may not."""
+
+
+_REQUIRED = {"name": str, "tag": str, "repo_id": str, "files": dict}
 
 
 @dataclass(frozen=True)
@@ -54,35 +66,86 @@ class ZooEntry:
 
     @classmethod
     def read(cls, manifest: Path, source: str) -> ZooEntry:
+        """The entry a manifest describes; :class:`ZooManifestError` naming the manifest and the problem."""
         try:
             data = json.loads(manifest.read_text())
-            if data.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-            return cls(name=data["name"], tag=data["tag"], repo_id=data["repo_id"], revision=data.get("revision"),
-                       files=data["files"], directory=manifest.parent, source=source,
-                       default=bool(data.get("default")), summary=data.get("summary", {}))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"zoo manifest {manifest} is invalid: {type(error).__name__}: {error}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ZooManifestError(f"zoo manifest {manifest} is invalid: {type(error).__name__}: {error}") from None
+        problem = _manifest_problem(data)
+        if problem:
+            raise ZooManifestError(f"zoo manifest {manifest} is invalid: {problem}")
+        return cls(name=data["name"], tag=data["tag"], repo_id=data["repo_id"], revision=data.get("revision"),
+                   files=data["files"], directory=manifest.parent, source=source,
+                   default=bool(data.get("default")), summary=data.get("summary") or {})
 
     def to_manifest(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "name": self.name, "tag": self.tag, "default": self.default,
                 "repo_id": self.repo_id, "revision": self.revision, "files": self.files, "summary": self.summary}
 
 
-def entries() -> dict[str, ZooEntry]:
-    """Every entry of every registered zoo source by full name (``name.tag``); manifests are read on each call."""
+def _manifest_problem(data: Any) -> str | None:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    if data.get("format") != MANIFEST_FORMAT:
+        return f"format is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}"
+    for key, kind in _REQUIRED.items():
+        if key not in data:
+            return f"the key {key!r} is missing"
+        if not isinstance(data[key], kind):
+            return f"{key!r} is a {type(data[key]).__name__}, expected a {kind.__name__}"
+    for key, kind in (("revision", str), ("summary", dict)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"{key!r} is a {type(data[key]).__name__}, expected a {kind.__name__} or null"
+    for filename, pinned in data["files"].items():
+        if Path(filename).is_absolute() or ".." in Path(filename).parts or "\\" in filename:
+            return f"file {filename!r} is not a plain path inside the entry"
+        if not (isinstance(pinned, dict) and isinstance(pinned.get("sha256"), str) and len(pinned["sha256"]) == 64):
+            return f"file {filename!r} has no sha256 (64 hex digits): {pinned!r}"
+    return None
+
+
+def _skip(message: str) -> None:
+    """A zoo entry that cannot be used: skipped with a warning, or an error in strict mode."""
+    from .plugins import STRICT_VARIABLE, strict_mode
+
+    if strict_mode():
+        raise ZooManifestError(f"{message} ({STRICT_VARIABLE} is set: unset it to skip the entry with a warning)")
+    warnings.warn(f"{message}; the entry is skipped (set {STRICT_VARIABLE}=1 to make this an error)", stacklevel=4)
+
+
+def _scan() -> tuple[dict[str, ZooEntry], list[str]]:
+    """Every usable entry by full name, and a note for each skipped one. Sources are read built-in first, so a
+    third-party source cannot take a built-in entry's name."""
     from .plugins import registries
 
     found: dict[str, ZooEntry] = {}
+    skipped: list[str] = []
     sources = registries().zoo_sources
-    for source in sources.names():
+    for source in sorted(sources.names(), key=lambda n: (not sources.entry(n).builtin, n)):
         for manifest in sorted(Path(sources.get(source)).glob(f"*/{MANIFEST_FILE}")):
-            entry = ZooEntry.read(manifest, source)
-            if entry.full_name in found:
-                raise ValueError(f"zoo entry {entry.full_name!r} is defined twice: by {found[entry.full_name].source} "
-                                 f"({found[entry.full_name].directory}) and by {source} ({entry.directory})")
+            try:
+                entry = ZooEntry.read(manifest, source)
+            except ZooManifestError as error:
+                skipped.append(str(error))
+                _skip(f"zoo source {source!r}: {error}")
+                continue
+            held = found.get(entry.full_name)
+            if held is not None:
+                message = (f"zoo entry {entry.full_name!r} is defined twice: by {held.source} ({held.directory}) and "
+                           f"by {source} ({entry.directory}); the first is kept")
+                skipped.append(message)
+                _skip(message)
+                continue
             found[entry.full_name] = entry
-    return found
+    return found, skipped
+
+
+def entries() -> dict[str, ZooEntry]:
+    """Every entry of every registered zoo source by full name (``name.tag``); manifests are read on each call. An
+    entry whose manifest is broken, or that a second source defines again, is skipped with a warning (an error in
+    strict mode); the others load."""
+    return _scan()[0]
 
 
 def list_pretrained(pattern: str = "*") -> list[str]:
@@ -92,7 +155,9 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 
 def resolve(ref: str) -> ZooEntry:
     """The entry ``name.tag``, or ``name``'s default entry."""
-    known = entries()
+    from .plugins import registries
+
+    known, skipped = _scan()
     if ref in known:
         return known[ref]
     tagged = [e for e in known.values() if e.name == ref]
@@ -103,7 +168,27 @@ def resolve(ref: str) -> ZooEntry:
         raise ValueError(f"zoo name {ref!r} has several tags and no single default; choose one of "
                          f"{', '.join(sorted(e.full_name for e in tagged))}")
     names = sorted({*known, *(e.name for e in known.values())})
-    raise UnknownNameError(unknown_message("zoo entry", ref, names))
+    unavailable = [*registries().zoo_sources.unavailable, *(f"skipped: {note}" for note in skipped)]
+    message = unknown_message("zoo entry", ref, names, unavailable=unavailable)
+    if Path(ref).is_dir():
+        message += f" A folder {ref} exists: load it with local-dir:{ref}."
+    raise UnknownNameError(message)
+
+
+def is_reference(ref: str) -> bool:
+    """Whether ``ref`` names something :func:`load` loads: ``hf-hub:``, ``local-dir:``, or a zoo entry (``NAME`` or
+    ``NAME.TAG``). A zoo name wins over a folder of the same name in the working directory, with a warning."""
+    if ref.startswith(("hf-hub:", "local-dir:")):
+        return True
+    if "/" in ref or "\\" in ref:  # a path: zoo names have no separator
+        return False
+    known = entries()
+    if ref not in {n for e in known.values() for n in (e.name, e.full_name)}:
+        return False
+    if Path(ref).exists():
+        warnings.warn(f"{ref!r} is a zoo entry and also a folder in the working directory; using the zoo entry "
+                      f"(for the folder, use local-dir:{ref} or ./{ref})", stacklevel=2)
+    return True
 
 
 def fetch(entry: ZooEntry) -> tuple[Path, str]:
@@ -147,13 +232,16 @@ def load(ref: str, *, revision: str | None = None):
     """A pretrained self-ensemble in eval mode, its ``pretrained_cfg`` filled from ``config.json``.
 
     ``ref`` is a zoo name (``NAME`` for its default tag, or ``NAME.TAG``), ``hf-hub:org/repo[@revision]`` or
-    ``local-dir:PATH``. Loading is strict: weights that do not fit the architecture in ``config.json`` are refused.
-    ``revision`` overrides the revision of an ``hf-hub:`` reference (zoo entries are pinned by their manifest).
+    ``local-dir:PATH`` (checked against its ``manifest.json`` first, when it has one; a bare path is not a
+    reference, so a folder never shadows a zoo name). Loading is strict: weights that do not fit the architecture
+    in ``config.json`` are refused. ``revision`` overrides the revision of an ``hf-hub:`` reference (zoo entries are
+    pinned by their manifest).
     """
     from .pretrained import load_pretrained
 
     if ref.startswith("local-dir:"):
         directory, origin = Path(ref.removeprefix("local-dir:")), {"local_dir": ref.removeprefix("local-dir:")}
+        verify_local(directory)
     elif ref.startswith("hf-hub:"):
         repo_id, _, pinned = ref.removeprefix("hf-hub:").partition("@")
         revision = revision or pinned or "main"
@@ -169,6 +257,21 @@ def load(ref: str, *, revision: str | None = None):
     model = load_pretrained(directory)
     model.pretrained_cfg["origin"] = origin
     return model
+
+
+def verify_local(directory: Path) -> None:
+    """Check a local folder against its ``manifest.json``, when it has one: every file the manifest pins must be
+    there and match its sha256 (:class:`IntegrityError` naming the file and both hashes), before anything is
+    loaded. A folder without a manifest (a run directory) has nothing to check against."""
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        return
+    entry = ZooEntry.read(manifest, "local-dir")
+    for filename, pinned in entry.files.items():
+        path = directory / filename
+        if not path.is_file():
+            raise IntegrityError(f"{path} is pinned by {manifest} but missing")
+        verify(path, pinned["sha256"], f"{path} (pinned by {manifest})")
 
 
 def _download_repo(repo_id: str, revision: str) -> Path:

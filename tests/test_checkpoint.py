@@ -1,5 +1,14 @@
 """Checkpoint round trips, strict checks before any change, corruption errors, atomic replacement and RNG state."""
+import errno
 import json
+import os
+import signal
+import stat
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import pytest
 import torch
@@ -8,6 +17,7 @@ from torch import nn
 from selfens_core import checkpoint as ckpt
 from selfens_core.checkpoint import (
     CheckpointError,
+    clean_interrupted_saves,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -223,3 +233,54 @@ def test_latest_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "epoch-0011").mkdir()  # incomplete
     (tmp_path / "checkpoints" / ".epoch-0012.tmp-abc").mkdir()  # a save in progress
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "epoch-0010"
+
+
+def test_weights_and_checkpoints_get_the_mode_the_umask_gives_any_file(tmp_path):
+    umask = os.umask(0o002)
+    try:
+        save_weights(tmp_path / "w.safetensors", _net(0))
+        model = _net(0)
+        save_checkpoint(tmp_path / "ck", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1,
+                                                                                momentum=0.9))
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(umask)
+    files = [tmp_path / "w.safetensors", tmp_path / "plain.json", *(tmp_path / "ck").iterdir()]
+    assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {"0o664"}  # safetensors alone writes 0600
+
+
+@pytest.mark.skipif(resource is None, reason="needs a file-size limit (POSIX) to fail a real write")
+def test_a_failed_write_is_an_oserror_with_its_errno_and_keeps_the_previous_checkpoint(tmp_path):
+    save_checkpoint(tmp_path / "ck", model=_net(0), extra_state={"v": 1})
+    big = nn.Linear(512, 512)  # 1 MiB of weights, over the limit below
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limits[1]))
+    try:
+        with pytest.raises(OSError) as failed:
+            save_checkpoint(tmp_path / "ck", model=big, extra_state={"v": 2})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert failed.value.errno == errno.EFBIG and failed.value.filename.endswith("model.safetensors")
+    assert load_checkpoint(tmp_path / "ck", model=_net(1)) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_clean_interrupted_saves_touches_only_what_saves_leave(tmp_path):
+    hexa = "0123456789abcdef" * 2
+    (tmp_path / f".epoch-0001.tmp-{hexa}").mkdir()  # killed while writing
+    (tmp_path / f".model.safetensors.tmp-{hexa}").write_bytes(b"partial")  # save_weights killed
+    save_checkpoint(tmp_path / f".epoch-0002.old-{hexa}", model=_net(0), extra_state={"v": 2}, rng=False)
+    (tmp_path / "epoch-0003").mkdir()
+    (tmp_path / f".epoch-0003.old-{hexa}").mkdir()  # killed after the new one moved in
+    (tmp_path / ".hidden-notes").write_text("mine")
+    (tmp_path / ".epoch-0004.tmp-notauuid").mkdir()
+    done = clean_interrupted_saves(tmp_path)
+    assert sorted(done) == [f"removed .epoch-0001.tmp-{hexa}", f"removed .epoch-0003.old-{hexa}",
+                            f"removed .model.safetensors.tmp-{hexa}",
+                            f"restored epoch-0002 from .epoch-0002.old-{hexa}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".epoch-0004.tmp-notauuid", ".hidden-notes", "epoch-0002",
+                                                          "epoch-0003"]
+    assert load_checkpoint(tmp_path / "epoch-0002", model=_net(1)) == {"v": 2}  # killed between the two renames
+    assert clean_interrupted_saves(tmp_path / "absent") == []

@@ -13,9 +13,13 @@ SELF_CONTAINED = [p for p in CONFIGS if "teachers:" not in p.read_text()]
 
 @pytest.mark.parametrize("path", SELF_CONTAINED, ids=lambda p: p.name)
 def test_shipped_configs_resolve(path):
-    cfg = load_config(path, ["data.name=fake", "data.subset=16"])
+    cfg = load_config(path, ["data.name=fake", "data.subset=128"])
     setup = engine.build(cfg)
-    assert setup.model.num_members > 1
+    if "num_members" in cfg.model.args:  # e.g. a single-network baseline (num_members: 1)
+        assert setup.model.num_members == cfg.model.args.num_members
+    else:  # the recipe's self-ensemble
+        assert setup.model.num_members > 1
+    assert setup.steps_per_epoch == 128 // cfg.train.batch_size
 
 
 def test_required_configs_exist():
@@ -44,7 +48,7 @@ def test_bad_config_names_the_key(override, message):
 ])
 def test_bad_component_names_the_section(override, message):
     with pytest.raises(ConfigError, match=message):
-        engine.build(load_config(None, ["model.name=hne-resnet-small", "data.name=fake", "data.subset=16", override]))
+        engine.build(load_config(None, ["model.name=hne-resnet-small", "data.name=fake", "data.subset=128", override]))
 
 
 def test_model_name_is_required():
@@ -55,3 +59,84 @@ def test_model_name_is_required():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- model\n- train\n", r"holds a list at the top level; expected a mapping of sections \(model:, data:, train:"),
+    ("42\n", r"holds a single value .*; expected a mapping of sections"),
+    ("model:\n  name: x\n train: [\n", r", line 3 column 2: not valid YAML: did not find expected key"),
+    ("train:\n  epochs: 3\ntrain:\n  lr: 1\n", r", line 3 column 1: not valid YAML: found duplicate key train"),
+    ("train:\n  epoch: 3\n", r"bad\.yaml: unknown config key 'train.epoch'; allowed here: epochs"),
+    ("train:\n  epochs: many\n", r"bad\.yaml: bad value for config key 'train.epochs'"),
+])
+def test_bad_yaml_names_the_file_and_what_is_expected(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path, ["model.name=hne-resnet-small"])
+    assert str(err.value).startswith(f"config file {path}")
+
+
+def test_yaml_python_tag_is_refused_and_runs_nothing(tmp_path):
+    ran = tmp_path / "ran"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"model:\n  name: !!python/object/apply:os.mkdir ['{ran}']\n")
+    with pytest.raises(ConfigError, match=r"config file .*evil\.yaml, line 2 column 9: could not determine a "
+                                          r"constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.mkdir'; "
+                                          r"YAML tags are not allowed \(nothing was run\)"):
+        load_config(path)
+    assert not ran.exists()
+
+
+def test_unreadable_config_files(tmp_path):
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r"weights\.yaml is not UTF-8 text .*expected a YAML file"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match=r"is a folder; expected a YAML file"):
+        load_config(tmp_path)
+
+
+def test_empty_config_file_is_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path, ["model.name=hne-resnet-small"]).train.epochs == 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs", r"override 'train.epochs' is not key=value, e.g. train.epochs=3"),
+    ("train.lr=${nope}", r"bad value for config key 'train.lr': Interpolation key 'nope' not found"),
+    ("model.args.num_classes=-1", r"'model.args.num_classes' cannot be set: it comes from data.name"),
+    ("model.args.in_chans=3", r"'model.args.in_chans' cannot be set: it comes from data.name"),
+    ("model.args.combiner=mean_probs", r"'model.args.combiner' cannot be set: it comes from the combiner section"),
+    ("train.lr=inf", r"'train.lr' is out of range: inf; expected a finite number > 0"),
+    ("train.momentum=1.5", r"'train.momentum' is out of range: 1.5; expected in \[0, 1\)"),
+    ("train.weight_decay=-0.1", r"'train.weight_decay' is out of range"),
+    ("train.gamma=0", r"'train.gamma' is out of range"),
+    ("train.milestones=[30,60]", r"'train.milestones' is out of range: \[30.0, 60.0\]; expected fractions of training"),
+    ("train.warmup_epochs=20", r"'train.warmup_epochs' is out of range: 20.0; expected in \[0, train.epochs\]"),
+    ("train.grad_clip=0", r"'train.grad_clip' is out of range: 0.0; expected null or > 0"),
+    ("data.eval_batch_size=0", r"'data.eval_batch_size' is out of range: 0; expected >= 1"),
+    ("data.subset=0", r"'data.subset' is out of range: 0; expected null \(all images\) or >= 1"),
+])
+def test_bad_config_values_say_what_is_expected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.name=hne-resnet-small", override])
+
+
+def test_interpolations_resolve_after_the_overrides():
+    cfg = load_config(None, ["model.name=hne-resnet-small", "train.warmup_epochs=${train.epochs}", "train.epochs=4"])
+    assert cfg.train.warmup_epochs == 4
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.subset=20", "train.batch_size=32"],
+     r"the training split has 20 images, fewer than one batch of 32 \(train.batch_size\), so no training step would "
+     r"run; set train.batch_size to at most 20, or train on more images \(a larger data.subset, a smaller "
+     r"data.val_split\)"),
+    (["data.subset=64", "data.val_split=0.75", "train.batch_size=32"], r"the training split has 16 images"),
+    (["data.subset=600"], r"subset=600 \(data.subset\) is more than the 512 training images of 'fake'"),
+])
+def test_build_refuses_data_that_cannot_train(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        engine.build(load_config(None, ["model.name=hne-resnet-small", "data.name=fake", *overrides]))

@@ -148,6 +148,47 @@ def test_val_split_without_subset_partitions_train() -> None:
     assert torch.equal(splits["test"].images, full["test"].images)
 
 
+def test_subset_larger_than_the_dataset_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"subset=513 \(data.subset\) is more than the 512 training images of 'fake'; "
+                                         r"use at most 512, or no subset \(data.subset=null\)"):
+        load_dataset("fake", subset=513)
+    _, splits = load_dataset("fake", subset=512)  # all of them is fine
+    assert len(splits["train"]) == 512
+
+
+def test_test_set_cut_by_subset_is_announced_and_recorded(capsys: pytest.CaptureFixture[str]) -> None:
+    _, splits = load_dataset("digits", subset=96)
+    assert "test set cut to 100 of 360 images by data.subset=96" in capsys.readouterr().err
+    assert (len(splits["test"]), splits["test"].cut_from) == (100, 360)
+    assert (len(splits["train"]), splits["train"].cut_from) == (96, 1437)
+    _, whole = load_dataset("digits", val_split=0.2)  # no subset: the test set is whole and nothing is announced
+    assert "test set cut" not in capsys.readouterr().err
+    assert whole["test"].cut_from is None and len(whole["test"]) == 360
+
+
+def test_evaluation_records_the_cut_test_set() -> None:
+    from selfens_core import create
+    from selfens_core.evaluation import evaluate
+
+    info, splits = load_dataset("digits", subset=96)
+    model = create("hne-resnet-small", num_classes=info.num_classes, in_chans=info.in_chans)
+    metrics = evaluate(model, splits["test"], info, flops=False)
+    assert (metrics["num_samples"], metrics["num_samples_of"]) == (100, 360)
+    _, whole = load_dataset("digits")
+    assert "num_samples_of" not in evaluate(model, whole["test"], info, flops=False)
+
+
+def test_training_split_smaller_than_one_batch_is_refused() -> None:
+    info, splits = load_dataset("fake", subset=40, val_split=0.5)
+    with pytest.raises(ValueError, match=r"the training split has 20 images, fewer than one batch of 32 "
+                                         r"\(train.batch_size\).*at most 20.*data.subset.*data.val_split"):
+        num_batches(splits["train"], 32, drop_last=True)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        _batches(splits["train"], info, batch_size=32, drop_last=True)
+    assert num_batches(splits["train"], 20, drop_last=True) == 1  # exactly one batch trains
+    assert num_batches(splits["train"], 32) == 1  # evaluation keeps the partial batch
+
+
 @pytest.mark.parametrize("kwargs", [{"subset": 0}, {"val_split": 1.0}, {"val_split": -0.1}])
 def test_bad_split_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -320,6 +361,44 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     _write_images(tmp_path / "test" / "dog", 1, (8, 8), "RGB")
     with pytest.raises(ValueError, match="classes"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_imagefolder_corrupt_image_names_the_file(tmp_path: Path) -> None:
+    _write_images(tmp_path / "train" / "cat", 2, (8, 8), "RGB")
+    _write_images(tmp_path / "val" / "cat", 1, (8, 8), "RGB")
+    bad = tmp_path / "train" / "cat" / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"imagefolder: cannot read the image .*broken\.png") as err:
+        load_dataset(f"imagefolder:{tmp_path}")
+    assert str(bad) in str(err.value) and "replace or remove the file" in str(err.value)
+    good = (tmp_path / "train" / "cat" / "0.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # a truncated PNG: PIL fails only when decoding
+    with pytest.raises(ValueError, match="cannot read the image") as err:
+        load_dataset(f"imagefolder:{tmp_path}")
+    assert str(bad) in str(err.value)
+
+
+def test_imagefolder_empty_class_folders_are_named(tmp_path: Path) -> None:
+    _write_images(tmp_path / "train" / "cat", 1, (8, 8), "RGB")
+    (tmp_path / "train" / "dog").mkdir()
+    (tmp_path / "train" / "owl").mkdir()
+    (tmp_path / "train" / "owl" / "notes.txt").write_text("not an image")
+    _write_images(tmp_path / "val" / "cat", 1, (8, 8), "RGB")
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset(f"imagefolder:{tmp_path}")
+    message = str(err.value)
+    assert f"class folder(s) {tmp_path / 'train' / 'dog'}, {tmp_path / 'train' / 'owl'} hold no images" in message
+    assert "expected" in message and ".png" in message
+
+
+def test_imagefolder_without_class_folders_says_what_is_expected(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "loose.png")  # an image, but not in a class folder
+    _write_images(tmp_path / "val" / "cat", 1, (8, 8), "RGB")
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset(f"imagefolder:{tmp_path}")
+    train = tmp_path / "train"
+    assert f"{train} has no class sub-folders; expected {train}/<class>/ sub-folders" in str(err.value)
 
 
 def test_digits() -> None:

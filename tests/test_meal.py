@@ -351,7 +351,8 @@ def test_engine_run_records_its_teachers_and_resumes_with_the_discriminators(tmp
     assert len(recorded["teachers"][0]["weights_sha256"]) == 64 and recorded["taps"] == ["r2", "r4", "logits"]
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert set(line["loss"]) == {"sim.r2", "sim.r4", "sim.logits", "disc", "adv"}
-    metrics = engine.train(load_config(None, [*overrides, "train.epochs=2"]), run, resume=True, progress=False)
+    metrics = engine.train(load_config(None, [*overrides, "train.epochs=2"]), run, resume=True, progress=False,
+                           allow_changes=["train.epochs"])  # extends the run: recorded, not silent
     assert metrics["distiller"]["teachers"][1]["local_dir"] == teachers["mobilenet"].removeprefix("local-dir:")
     bad = [*overrides, f"distiller.args.teachers=['{teachers['tree']}']"]
     with pytest.raises(ConfigError, match=r"distiller \(name 'meal'\): teacher .*tree.* has no stage"):
@@ -363,11 +364,11 @@ def test_engine_run_records_its_teachers_and_resumes_with_the_discriminators(tmp
                          ids=lambda p: p.name)
 def test_shipped_configs_build_with_stand_in_teachers(path, teachers, register_plugin):
     register_plugin(selfens_plugins.meal, "meal")
-    cfg = load_config(path, [f"data.name={DATA}", "data.subset=16"])
+    cfg = load_config(path, [f"data.name={DATA}", "data.subset=128"])
     stand_ins = [teachers["resnet"], teachers["mobilenet"], teachers["tree"]][:len(cfg.distiller.args.teachers)]
     if cfg.distiller.args.get("taps", 3) > 1 and cfg.distiller.args.get("missing_taps") != "skip":
         stand_ins = [t for t in stand_ins if t != teachers["tree"]]
-    setup = engine.build(load_config(path, [f"data.name={DATA}", "data.subset=16",
+    setup = engine.build(load_config(path, [f"data.name={DATA}", "data.subset=128",
                                             f"distiller.args.teachers=[{','.join(stand_ins)}]"]))
     assert setup.model.num_members == 1 and setup.distiller.teachers
     assert setup.distiller.reductions == list(cfg.distiller.args.get("reductions") or [])

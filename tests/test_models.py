@@ -53,6 +53,16 @@ def test_eval_reports_every_metric_per_budget(name):
     testing.check_eval_metrics(build(name))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_output_of_an_image_does_not_depend_on_its_batch(name):
+    testing.check_batch_independence(build(name), image_size=28)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fewer_members_cost_fewer_flops(name):
+    testing.check_prefix_cost(build(name), image_size=28)
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("hne-")])
 def test_grouped_execution_equals_each_member_path(name):
     model = build(name)

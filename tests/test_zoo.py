@@ -2,6 +2,7 @@
 strictness, name resolution, the CLI, and push with HfApi mocked. Hub downloads are in test_zoo_hub.py."""
 import json
 import shutil
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -13,9 +14,18 @@ from selfens_core.cli import main
 from selfens_core.data import load_dataset
 from selfens_core.evaluation import evaluate
 from selfens_core.hub import IntegrityError, sha256_file
+from selfens_core.plugins import registries
 from selfens_core.publish import push_entry
-from selfens_core.registry import UnknownNameError
-from selfens_core.zoo import MANIFEST_FILE, ZooUnavailableError, list_pretrained, resolve
+from selfens_core.registry import Registry, UnknownNameError
+from selfens_core.zoo import (
+    MANIFEST_FILE,
+    ZooEntry,
+    ZooManifestError,
+    ZooUnavailableError,
+    is_reference,
+    list_pretrained,
+    resolve,
+)
 
 
 def test_export_writes_the_hub_layout_with_pinned_hashes(exported):
@@ -99,6 +109,7 @@ def test_a_tampered_bundled_file_is_refused_naming_both_hashes(exported):
 def test_weights_that_do_not_fit_the_config_are_refused(exported, tmp_path):
     directory = tmp_path / "copy"
     shutil.copytree(exported.directory, directory)
+    (directory / MANIFEST_FILE).unlink()  # else the changed config.json fails its pinned sha256 first
     config = json.loads((directory / "config.json").read_text())
     config["build_args"]["num_members"] = 4
     (directory / "config.json").write_text(json.dumps(config))
@@ -138,3 +149,128 @@ def test_push_uploads_the_files_and_pins_the_commit(exported):
     assert sorted(op.path_in_repo for op in operations) == ["README.md", "config.json", "model.safetensors"]
     manifest = json.loads((exported.directory / MANIFEST_FILE).read_text())
     assert (pushed.revision, manifest["revision"], manifest["repo_id"]) == ("a" * 40, "a" * 40, "me/tiny")
+
+
+# --- Hardening (issue 10): broken manifests are isolated, zoo names win over folders, local folders are verified ---
+
+def _zoo_with_builtin_and(tmp_path, monkeypatch):
+    """The registered zoo sources replaced by the built-in zoo (as built in) and a third-party source in tmp_path."""
+    builtin = registries().zoo_sources.get("selfens-zoo")
+    sources = Registry("zoo source")
+    sources.add("selfens-zoo", builtin, plugin="zoo", builtin=True)
+    sources.add("acme-zoo", tmp_path, plugin="acme")
+    monkeypatch.setattr(registries(), "zoo_sources", sources)
+    return sorted(p.parent.name for p in Path(builtin).glob(f"*/{MANIFEST_FILE}"))
+
+
+def _manifest(directory, text):
+    directory.mkdir(parents=True)
+    (directory / MANIFEST_FILE).write_text(text)
+    return directory / MANIFEST_FILE
+
+
+def test_one_broken_manifest_skips_only_its_entry(tmp_path, monkeypatch):
+    builtins = _zoo_with_builtin_and(tmp_path, monkeypatch)
+    first = Path(registries().zoo_sources.get("selfens-zoo")) / builtins[0]
+    good = json.loads((first / MANIFEST_FILE).read_text())
+    _manifest(tmp_path / "acme-good.x", json.dumps({**good, "name": "acme-good", "tag": "x"}))
+    bad_json = _manifest(tmp_path / "acme-json.x", "{not json")
+    no_key = _manifest(tmp_path / "acme-nokey.x", json.dumps({k: v for k, v in good.items() if k != "repo_id"}))
+    twice = _manifest(tmp_path / builtins[0], json.dumps(good))  # a third-party entry named like a built-in one
+    monkeypatch.setenv("SELFENS_STRICT_PLUGINS", "0")
+    with pytest.warns(UserWarning) as caught:
+        names = list_pretrained()
+    assert names == sorted([*builtins, "acme-good.x"])
+    assert [str(w.message) for w in caught] == [
+        f"zoo source 'acme-zoo': zoo manifest {bad_json} is invalid: JSONDecodeError: Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1); the entry is skipped (set SELFENS_STRICT_PLUGINS=1 to "
+        "make this an error)",
+        f"zoo source 'acme-zoo': zoo manifest {no_key} is invalid: the key 'repo_id' is missing; the entry is skipped "
+        "(set SELFENS_STRICT_PLUGINS=1 to make this an error)",
+        f"zoo entry {builtins[0]!r} is defined twice: by selfens-zoo ({first}) and by "
+        f"acme-zoo ({twice.parent}); the first is kept; the entry is skipped (set SELFENS_STRICT_PLUGINS=1 to make "
+        "this an error)"]
+    with pytest.warns(UserWarning) as caught:
+        assert resolve(builtins[0]).directory == first  # the built-in entry keeps its name
+    assert len(caught) == 3 and "defined twice" in str(caught[2].message)
+    monkeypatch.setenv("SELFENS_STRICT_PLUGINS", "1")  # strict (the suite, CI): the broken manifest is an error
+    with pytest.raises(ZooManifestError, match=rf"zoo manifest {bad_json} is invalid: JSONDecodeError.*\("
+                                               r"SELFENS_STRICT_PLUGINS is set: unset it to skip the entry with a "
+                                               r"warning\)"):
+        list_pretrained()
+
+
+@pytest.mark.parametrize(("manifest", "problem"), [
+    ([], "it holds a JSON list, not an object"),
+    ({"format": "selfens-zoo/0"}, "format is 'selfens-zoo/0', expected 'selfens-zoo/1'"),
+    ({"format": "selfens-zoo/1", "name": "a", "tag": "b", "repo_id": "r", "files": []},
+     "'files' is a list, expected a dict"),
+    ({"format": "selfens-zoo/1", "name": "a", "tag": "b", "repo_id": "r", "files": {"../x": {"sha256": "0" * 64}}},
+     "file '../x' is not a plain path inside the entry"),
+    ({"format": "selfens-zoo/1", "name": "a", "tag": "b", "repo_id": "r", "files": {"x": {"size": 1}}},
+     "file 'x' has no sha256 \\(64 hex digits\\)"),
+])
+def test_a_bad_manifest_is_named_with_its_problem(tmp_path, manifest, problem):
+    path = _manifest(tmp_path / "a.b", json.dumps(manifest))
+    with pytest.raises(ZooManifestError, match=rf"zoo manifest {path} is invalid: {problem}"):
+        ZooEntry.read(path, "test")
+
+
+def test_an_unknown_zoo_name_says_what_was_skipped_or_disabled(tmp_path, monkeypatch):
+    _zoo_with_builtin_and(tmp_path, monkeypatch)
+    bad = _manifest(tmp_path / "acme-bad.x", "{")
+    monkeypatch.setenv("SELFENS_STRICT_PLUGINS", "0")
+    with pytest.warns(UserWarning, match="acme-bad.x"), \
+            pytest.raises(UnknownNameError, match=rf"Unknown zoo entry 'acme-bad'\. .* Not loaded, and may provide "
+                                                  rf"it: skipped: zoo manifest {bad} is invalid: JSONDecodeError"):
+        selfens_core.load("acme-bad")
+    monkeypatch.undo()  # the real zoo sources again
+    monkeypatch.setenv("SELFENS_DISABLE_PLUGINS", "zoo")
+    registries.cache_clear()
+    try:
+        with pytest.raises(UnknownNameError, match=r"Unknown zoo entry 'resnet10t'\. Known: \(none\)\. Not loaded, and "
+                                                   r"may provide it: plugin 'zoo' is disabled by "
+                                                   r"SELFENS_DISABLE_PLUGINS\."):
+            selfens_core.load("resnet10t")
+    finally:
+        registries.cache_clear()
+
+
+BUILTIN = "resnet10t.fmnist"  # a bundled built-in entry (1 member, 1-channel 28x28 images, 10 classes)
+
+
+def test_a_folder_named_like_a_zoo_entry_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / BUILTIN).mkdir()  # any folder: used, it would fail (no config.json)
+    with pytest.warns(UserWarning, match=rf"'{BUILTIN}' is a zoo entry and also a folder in the working directory; "
+                                         rf"using the zoo entry \(for the folder, use local-dir:{BUILTIN} or "
+                                         rf"./{BUILTIN}\)"), \
+            pytest.raises(SystemExit, match="error: the model takes 1-channel images of 10 classes"):  # it loaded
+        main(["eval", BUILTIN, "--data", "fake:3:32:32:10", "--out", "ev"])
+    assert not is_reference(f"./{BUILTIN}") and is_reference(f"local-dir:{BUILTIN}")
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    with pytest.raises(UnknownNameError, match="A folder runs/mine exists: load it with local-dir:runs/mine"):
+        selfens_core.load("runs/mine")
+
+
+def test_a_local_folder_with_a_manifest_is_verified_before_loading(tmp_path):
+    directory = shutil.copytree(resolve(BUILTIN).directory, tmp_path / "copy")
+    weights = directory / "model.safetensors"
+    pinned = sha256_file(weights)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # a changed weight: it would load without complaint
+    weights.write_bytes(bytes(data))
+    message = (rf"{weights} \(pinned by {directory / MANIFEST_FILE}\): sha256 {sha256_file(weights)} does not match "
+               rf"the pinned {pinned}")
+    with pytest.raises(IntegrityError, match=message):
+        selfens_core.load(f"local-dir:{directory}")
+    with pytest.raises(SystemExit, match="error: " + message):
+        main(["eval", str(directory), "--data", "fake:1:28:28:10", "--out", str(tmp_path / "ev")])
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    (directory / "README.md").unlink()
+    with pytest.raises(IntegrityError, match=rf"{directory / 'README.md'} is pinned by {directory / MANIFEST_FILE} "
+                                             "but missing"):
+        selfens_core.load(f"local-dir:{directory}")
+    (directory / MANIFEST_FILE).unlink()  # a folder without a manifest (a run directory) has nothing to check
+    assert selfens_core.load(f"local-dir:{directory}").num_members == 1

@@ -12,5 +12,6 @@ def register_models(register):
     from .model import deep_ensemble, is_member_architecture
 
     register.family("deep-ensemble-", deep_ensemble, accepts=is_member_architecture,
+                    suffix="selfens or timm model name",
                     examples=["deep-ensemble-resnet18", "deep-ensemble-hne-resnet-small"],
                     description="N independent networks", distiller="independent", combiner="mean_probs")

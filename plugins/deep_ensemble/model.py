@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from selfens_core import SelfEnsemble, create
-from selfens_core.backbones import create_timm, is_timm_model
+from selfens_core.backbones import is_timm_model
+from selfens_core.factory import create_backbone
 from selfens_core.plugins import registries
 from selfens_core.registry import UnknownNameError
 
@@ -48,7 +49,8 @@ def is_member_architecture(name: str) -> bool:
 def deep_ensemble(architecture: str, *, num_classes: int, in_chans: int = 3, num_members: int = 4,
                   **member_args) -> DeepEnsemble:
     """``num_members`` independent copies of ``architecture``: a selfens model name (each copy built with
-    ``num_members=1``: one member path, no tree) or a timm model name. ``member_args`` go to each copy's builder."""
+    ``num_members=1``: one member path, no tree) or a timm model name. ``member_args`` go to each copy's builder
+    (for timm: ``small_images`` and ``timm.create_model``'s own arguments, see ``factory.create_backbone``)."""
     if num_members < 1:
         raise ValueError(f"num_members must be >= 1, got {num_members}")
     args = dict(num_classes=num_classes, in_chans=in_chans)
@@ -57,5 +59,5 @@ def deep_ensemble(architecture: str, *, num_classes: int, in_chans: int = 3, num
         cfg = members[0].pretrained_cfg
         return DeepEnsemble([OneMember(m) for m in members], **args, input_size=cfg["input_size"][1:],
                             min_input_size=cfg["min_input_size"])
-    networks = [create_timm(architecture, **args, **member_args) for _ in range(num_members)]
+    networks = [create_backbone(architecture, **args, **member_args) for _ in range(num_members)]
     return DeepEnsemble(networks, **args, input_size=(32, 32), min_input_size=16)

@@ -23,7 +23,8 @@ def register_models(register):
     register("hne-resnet-small", hne_resnet_small, description="HNE_small: half-width CIFAR ResNet HNE", **recipe)
     register("hne-mobilenetv2", hne_mobilenetv2, description="MobileNetV2 HNE, N=8, width 0.75", **recipe)
     register.family("hne-", hne_timm, examples=["hne-resnet18", "hne-mobilenetv2_100", "hne-efficientnet_b0"],
-                    accepts=is_timm_model, description="HNE tree transform on a timm CNN", **recipe)
+                    accepts=is_timm_model, suffix="timm model name", description="HNE tree transform on a timm CNN",
+                    **recipe)
 
 
 @hookimpl

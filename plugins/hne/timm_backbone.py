@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from selfens_core.backbones import BackboneError, BackboneParts, create_timm
-from selfens_core.factory import backbone_parts
+from selfens_core.backbones import BackboneError, BackboneParts
+from selfens_core.factory import backbone_parts, create_backbone
 
 from .model import HierarchicalEnsemble, build_tree, check_tree_equivalence, tree_branches
 
@@ -26,14 +26,16 @@ def default_split_stages(parts: BackboneParts, in_chans: int, splits: int) -> li
 
 
 def hne_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members: int = 4,
-             split_stages: list[int] | None = None, check: bool = True, **timm_kwargs) -> HierarchicalEnsemble:
+             split_stages: list[int] | None = None, check: bool = True, small_images: bool = False,
+             **timm_kwargs) -> HierarchicalEnsemble:
     """``num_members`` copies of timm ``backbone`` as a tree: shared stem, a split before each of ``split_stages``
     (default: the last log2(N) stages that halve the resolution). ``check`` verifies at build time that grouped
-    execution equals each member's own path, which catches blocks that mix channels across groups."""
+    execution equals each member's own path, which catches blocks that mix channels across groups.
+    ``small_images`` adapts the backbone to 28×28 / 32×32 inputs (``selfens_core.factory.create_backbone``)."""
     if num_members < 1 or num_members & (num_members - 1):
         raise ValueError(f"num_members must be a power of two, got {num_members}")
-    networks = [create_timm(backbone, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
-                for _ in range(num_members)]
+    networks = [create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, small_images=small_images,
+                                **timm_kwargs) for _ in range(num_members)]
     parts = [backbone_parts(net, backbone) for net in networks]
     splits = int(math.log2(num_members))
     if split_stages is None:

@@ -27,4 +27,5 @@ def register_models(register):
     register("ienet-mobilenetv2", ienet_mobilenetv2,
              description="IENet on MobileNetV2 1.0x for small images, widths 0.9/0.9/0.9/1.0, RC", **recipe)
     register.family("ienet-", ienet_timm, examples=["ienet-resnet18", "ienet-efficientnet_b0"],
-                    accepts=is_timm_model, description="IENet sub-networks of a timm CNN", **recipe)
+                    accepts=is_timm_model, suffix="timm model name", description="IENet sub-networks of a timm CNN",
+                    **recipe)

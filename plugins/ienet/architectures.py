@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
-from selfens_core.backbones import create_timm
-from selfens_core.factory import backbone_parts
+from selfens_core.factory import backbone_parts, create_backbone
 
 from .model import IntraEnsemble
 
@@ -23,29 +20,25 @@ def member_widths(widths: Sequence[float] | None, num_members: int | None) -> li
     return list(widths)
 
 
-def mobilenetv2_small_images(*, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """timm's MobileNetV2 1.0x with the stem and the 24-channel stage at stride 1 (total stride 8), the usual
-    adaptation to 28×28 / 32×32 images (our choice: the paper's "modified MobileNet V2 1.0x" is not specified)."""
-    net = create_timm("mobilenetv2_100", num_classes=num_classes, in_chans=in_chans)
-    net.conv_stem.stride = (1, 1)
-    net.blocks[1][0].conv_dw.stride = (1, 1)
-    return net
-
-
 def ienet_mobilenetv2(*, num_classes: int, in_chans: int = 3, widths: Sequence[float] | None = None,
                       num_members: int | None = None, selection: str = "rc", depth: bool = False) -> IntraEnsemble:
-    """The paper's IENet on MobileNetV2 1.0x for small images: 4 sub-networks of widths 0.9, 0.9, 0.9, 1.0 (RC)."""
-    parts = backbone_parts(mobilenetv2_small_images(num_classes=num_classes, in_chans=in_chans), "mobilenetv2_100")
+    """The paper's IENet on MobileNetV2 1.0x for small images: 4 sub-networks of widths 0.9, 0.9, 0.9, 1.0 (RC).
+    The paper's "modified MobileNet V2 1.0x" is not specified; ours is timm's with ``small_images`` (the stem and the
+    24-channel stage at stride 1: total stride 8)."""
+    net = create_backbone("mobilenetv2_100", num_classes=num_classes, in_chans=in_chans, small_images=True)
+    parts = backbone_parts(net, "mobilenetv2_100")
     return IntraEnsemble(parts, widths=member_widths(widths, num_members), selection=selection, depth=depth,
                          num_classes=num_classes, in_chans=in_chans, min_input_size=8)
 
 
 def ienet_timm(backbone: str, *, num_classes: int, in_chans: int = 3, widths: Sequence[float] | None = None,
                num_members: int | None = None, selection: str = "rc", depth: bool = False,
-               **timm_kwargs) -> IntraEnsemble:
+               small_images: bool = False, **timm_kwargs) -> IntraEnsemble:
     """IENet on any timm CNN with a backbone adapter (ResNet, EfficientNet/MobileNetV2 families) whose channel
-    couplings the graph analysis resolves; ``timm_kwargs`` go to ``timm.create_model``."""
-    net = create_timm(backbone, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+    couplings the graph analysis resolves; ``small_images`` adapts it to 28×28 / 32×32 inputs
+    (``selfens_core.factory.create_backbone``); ``timm_kwargs`` go to ``timm.create_model``."""
+    net = create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, small_images=small_images,
+                          **timm_kwargs)
     return IntraEnsemble(backbone_parts(net, backbone), widths=member_widths(widths, num_members),
                          selection=selection, depth=depth, num_classes=num_classes, in_chans=in_chans,
                          min_input_size=16)

@@ -1,0 +1,53 @@
+"""Precise BatchNorm: re-estimate running statistics on training batches before evaluating.
+
+BatchNorm's running mean and variance are an exponential average over the last few hundred steps, taken while the
+weights were still moving. Late in a cosine schedule that lag is small; early in training, with a high learning rate
+or after a change of weights that BatchNorm did not see (averaged or pruned weights), it is large, and a model that
+is fine in training mode scores far worse in evaluation mode (issue 14 saw one tree member at 21% while the ensemble
+scored 49%). ``precise_bn`` recomputes the statistics as a plain average over ``num_batches`` training batches with
+the current weights (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021), without touching any weight.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int) -> int:
+    """Replace every BatchNorm's running mean and variance by their average over ``num_batches`` batches of
+    ``batches`` (images only), run in training mode through all members. Returns the number of batches used (fewer
+    if ``batches`` ran out). The model's train/eval mode is restored; its weights are not changed."""
+    layers = batchnorm_layers(model)
+    if not layers or num_batches < 1:
+        return 0
+    was_training = model.training
+    momenta = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    used = 0
+    try:
+        for used, x in enumerate(_take(batches, num_batches), start=1):
+            model(x)
+    finally:
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return used
+
+
+def _take(batches: Iterable[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
+    for i, x in enumerate(batches):
+        if i == n:
+            return
+        yield x
