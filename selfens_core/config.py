@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     keep_checkpoints: int = 2
+    precise_bn: int = 0  # re-estimate BatchNorm statistics on this many training batches before each evaluation
 
 
 @dataclass
@@ -181,6 +182,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         "train.warmup_epochs": (0.0 <= t.warmup_epochs <= t.epochs, "in [0, train.epochs]"),
         "train.grad_clip": (t.grad_clip is None or t.grad_clip > 0, "null or > 0"),
         "train.keep_checkpoints": (t.keep_checkpoints >= 1, ">= 1"),
+        "train.precise_bn": (t.precise_bn >= 0, ">= 0 (training batches; 0 turns precise BatchNorm off)"),
         "data.val_split": (0.0 <= d.val_split < 1.0, "in [0, 1)"),
         "data.subset": (d.subset is None or d.subset >= 1, "null (all images) or >= 1"),
         "data.eval_batch_size": (d.eval_batch_size >= 1, ">= 1"),

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .batchnorm import precise_bn
 from .checkpoint import clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_extra_state, save_checkpoint
 from .config import ConfigError, RunConfig, save_config
 from .data import DatasetInfo, Split, iterate_batches, load_dataset, num_batches
@@ -200,6 +201,9 @@ def _begin(out: Path, s: Setup, resumed: dict[str, Any] | None, overwrite: bool)
     save_config(s.cfg, out / CONFIG_YAML)
     if resumed:
         record_resume(out, resumed)
+    if s.cfg.train.precise_bn:
+        print(f"precise BatchNorm is on: statistics are re-estimated on {s.cfg.train.precise_bn} training batches "
+              "before each evaluation (train.precise_bn)")
     if "val" not in s.splits:
         print("data.val_split is 0: no validation split is held out, so the accuracy printed each epoch is on the "
               "test split (logged as test_acc)")
@@ -207,6 +211,7 @@ def _begin(out: Path, s: Setup, resumed: dict[str, Any] | None, overwrite: bool)
 
 def _finish(out: Path, s: Setup) -> dict[str, Any]:
     """Evaluate on the test split; write ``metrics.json`` and the trained model (``config.json``, weights)."""
+    _precise_bn(s, s.cfg.train.epochs)
     metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=s.cfg.data.eval_batch_size, device=s.device)
     metrics["split"] = "test"
     described = s.distiller.describe() if hasattr(s.distiller, "describe") else {}
@@ -287,12 +292,25 @@ def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, ou
     return {k: v / steps for k, v in sums.items()}
 
 
+def _on_device(s: Setup, images: torch.Tensor) -> torch.Tensor:
+    images = images.to(s.device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if s.cfg.train.channels_last else images
+
+
+def _precise_bn(s: Setup, epoch: int) -> None:
+    """With ``train.precise_bn=N``: BatchNorm statistics recomputed on N training batches (this epoch's order, no
+    augmentation, like the images evaluated) with the current weights, so an evaluation never sees statistics that
+    lag the weights (``batchnorm.py``). Stored in the model: checkpoints and the final weights carry them."""
+    if s.cfg.train.precise_bn:
+        batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
+                                  augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True)
+        precise_bn(s.model, (_on_device(s, x) for x, _ in batches), s.cfg.train.precise_bn)
+
+
 def _loss_terms(s: Setup, cfg: DictConfig, p: Pass) -> dict[str, torch.Tensor]:
     """The named loss terms of one pass: the distiller's, plus a trainable combiner's own on detached outputs of a
     pass that runs every member on one batch."""
-    inputs = p.inputs.to(s.device, non_blocking=True)
-    if cfg.train.channels_last:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    inputs = _on_device(s, p.inputs)
     targets = p.targets.to(s.device, non_blocking=True)
     outputs = s.model(inputs, members=p.members)
     terms = s.distiller(outputs, targets, inputs=inputs, model=s.model)
@@ -306,6 +324,7 @@ def _log_epoch(s: Setup, cfg: DictConfig, out: Path, epoch: int, losses: dict[st
     """Accuracy per budget on the validation split, or on the test split when none is held out (and then named
     so); one line to metrics.jsonl and one to the console."""
     split = "val" if "val" in s.splits else "test"
+    _precise_bn(s, epoch)
     measured = evaluate(s.model, s.splits[split], s.info, batch_size=cfg.data.eval_batch_size, device=s.device,
                         flops=False)
     steps = s.steps_per_epoch

@@ -333,3 +333,13 @@ def test_learns_on_digits(tmp_path):
     """Not a benchmark: a sanity check that the loop trains (chance is 0.10)."""
     metrics = _train(tmp_path / "run", "data.subset=1200", "train.epochs=3", "train.warmup_epochs=0.2")  # ~0.6
     assert metrics["members"]["2"]["acc"] > 0.5
+
+
+def test_precise_bn_recomputes_statistics_before_every_evaluation(tmp_path, capsys):
+    """train.precise_bn=N: each evaluation sees BatchNorm statistics averaged over N training batches of the final
+    weights (reset, then a cumulative average: every BN has counted exactly N batches)."""
+    _train(tmp_path / "run", "train.epochs=1", "train.precise_bn=2")
+    assert "precise BatchNorm is on: statistics are re-estimated on 2 training batches" in capsys.readouterr().out
+    model = load_pretrained(tmp_path / "run")
+    counts = {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert counts == {2}  # a plain training run would have counted every step (3 per epoch) instead
