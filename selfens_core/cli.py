@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .ensemble import SelfEnsemble
 
 DEFAULT_EVAL_DATA = "fashion-mnist"  # for a model that names no dataset (an untrained one)
+EVAL_METRICS, EVAL_PLOT = "metrics.json", "budget.png"  # what `selfens eval` writes into --out
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -37,8 +38,12 @@ def _eval(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .evaluation import evaluate, format_budget_table, plot_budget
     from .pretrained import load_pretrained
+    from .rundir import check_output_target
     from .zoo import verify_local
 
+    out = Path(args.out)
+    check_output_target(out, (EVAL_METRICS, EVAL_PLOT), command="`selfens eval`", overwrite=args.overwrite,
+                        elsewhere="choose another --out", own_output=(EVAL_METRICS, EVAL_PLOT))
     model = None
     if _is_pretrained_ref(args.model):  # a zoo name wins over a folder of that name, with a warning
         model = load(args.model)
@@ -56,12 +61,11 @@ def _eval(args: argparse.Namespace) -> None:
                          f"{dataset} has {info.in_chans} channel(s) and {info.num_classes} classes")
     metrics = evaluate(model, splits["test"], info, progress=True)
     metrics.update(split="test", dataset=dataset, model=args.model)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_budget(metrics, str(out / "budget.png"), title=f"{cfg.get('architecture', args.model)} on {dataset}")
+    (out / EVAL_METRICS).write_text(json.dumps(metrics, indent=2))
+    plot_budget(metrics, str(out / EVAL_PLOT), title=f"{cfg.get('architecture', args.model)} on {dataset}")
     print(format_budget_table(metrics))
-    print(f"wrote {out / 'metrics.json'} and {out / 'budget.png'}")
+    print(f"wrote {out / EVAL_METRICS} and {out / EVAL_PLOT}")
 
 
 def _eval_dataset(requested: str | None, model: SelfEnsemble | None) -> str:
@@ -112,7 +116,7 @@ def _plugins(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    for plugin in report:
+    for plugin in report["plugins"]:
         origin = plugin["distribution"] or "in-process"
         flags = [origin] + ["built in"] * plugin["builtin"] + ["DISABLED"] * plugin["disabled"]
         print(f"{plugin['name']} {plugin['version'] or '-'} ({', '.join(flags)})")
@@ -122,6 +126,8 @@ def _plugins(args: argparse.Namespace) -> None:
             print(f"  {kind}: {', '.join(names)}")
         for failure in plugin["failures"]:
             print(f"  FAILED: {failure}")
+    for problem in report["problems"]:  # they belong to no plugin (SELFENS_DISABLE_PLUGINS)
+        print(f"PROBLEM: {problem}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,14 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--subset", type=int, default=None, help="evaluate on a subset (quick checks)")
     p.add_argument("--out", required=True, help="directory for metrics.json and budget.png")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds a run or a trained model, replacing its metrics.json")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("list", help="list registered model names")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. '*resnet*'")
     p.set_defaults(func=_list)
 
-    p = sub.add_parser("plugins", help="list plugins: version, hooks, what each registered, failures")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("plugins", help="list plugins: version, hooks, what each registered, failures; then the "
+                       "problems that belong to no plugin (SELFENS_DISABLE_PLUGINS)")
+    p.add_argument("--json", action="store_true", help='print JSON: {"plugins": [...], "problems": [...]}')
     p.set_defaults(func=_plugins)
 
     cli_zoo.add_parser(sub)

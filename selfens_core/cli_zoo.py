@@ -43,7 +43,7 @@ def _export(args: argparse.Namespace) -> None:
     name, _, tag = args.name.partition(".")
     entry = export_run(args.run_dir, name=name, tag=tag or args.tag, zoo_dir=args.zoo_dir, repo_id=args.repo,
                        default=args.default, dtype=args.dtype, eval_subset=args.subset, data_root=args.data_root,
-                       notes=args.notes)
+                       notes=args.notes, overwrite=args.overwrite)
     s = entry.summary
     print(f"wrote {entry.directory}: {', '.join(entry.files)} and {entry.directory / 'manifest.json'}")
     print(f"test accuracy of the exported weights: {100 * s['acc_one_member']:.2f}% (1 member), "
@@ -86,6 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     p.add_argument("--notes", default="", help="markdown for the model card (e.g. the budget against published "
                    "baselines)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an entry (or run) already in ZOO_DIR/NAME.TAG: its files are written anew")
     p.set_defaults(func=_export)
 
     p = commands.add_parser("push", help="upload a bundled entry to the Hub and pin the commit in its manifest")

@@ -292,9 +292,9 @@ def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, ou
     return {k: v / steps for k, v in sums.items()}
 
 
-def _on_device(s: Setup, images: torch.Tensor) -> torch.Tensor:
-    images = images.to(s.device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if s.cfg.train.channels_last else images
+def _on_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def _precise_bn(s: Setup, epoch: int) -> None:
@@ -304,13 +304,14 @@ def _precise_bn(s: Setup, epoch: int) -> None:
     if s.cfg.train.precise_bn:
         batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
                                   augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True)
-        precise_bn(s.model, (_on_device(s, x) for x, _ in batches), s.cfg.train.precise_bn)
+        inputs = (_on_device(x, s.device, s.cfg.train.channels_last) for x, _ in batches)
+        precise_bn(s.model, inputs, s.cfg.train.precise_bn)
 
 
 def _loss_terms(s: Setup, cfg: DictConfig, p: Pass) -> dict[str, torch.Tensor]:
     """The named loss terms of one pass: the distiller's, plus a trainable combiner's own on detached outputs of a
     pass that runs every member on one batch."""
-    inputs = _on_device(s, p.inputs)
+    inputs = _on_device(p.inputs, s.device, cfg.train.channels_last)
     targets = p.targets.to(s.device, non_blocking=True)
     outputs = s.model(inputs, members=p.members)
     terms = s.distiller(outputs, targets, inputs=inputs, model=s.model)

@@ -83,11 +83,13 @@ class Registries:
         found = {kind: getattr(self, kind).registered_by(plugin) for kind in HOOK_REGISTRIES.values()}
         return {kind: names for kind, names in found.items() if names}
 
-    def report(self) -> list[dict[str, Any]]:
-        """Every plugin with its version, hooks, registrations and failures (what ``selfens plugins`` shows): the
-        core, the other built-ins, then third-party plugins, each group by name."""
+    def report(self) -> dict[str, Any]:
+        """What ``selfens plugins`` shows: ``plugins``, every plugin with its version, hooks, registrations and
+        failures (the core, the other built-ins, then third-party plugins, each group by name), and ``problems``,
+        the failures that belong to no plugin (a name in ``SELFENS_DISABLE_PLUGINS`` that is no plugin)."""
         order = sorted(self.plugins.values(), key=lambda p: (not p.builtin, p.name != CORE_PLUGIN, p.name))
-        return [{**dataclasses.asdict(info), "registered": self.registered_by(info.name)} for info in order]
+        plugins = [{**dataclasses.asdict(info), "registered": self.registered_by(info.name)} for info in order]
+        return {"plugins": plugins, "problems": list(self.problems)}
 
 
 def strict_mode() -> bool:

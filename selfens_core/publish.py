@@ -2,7 +2,8 @@
 
 ``export_run`` writes ``<zoo>/<name>.<tag>/``: ``config.json``, ``model.safetensors`` (optionally stored in float16),
 ``README.md`` (a huggingface_hub ``ModelCard`` whose numbers are measured on the exported weights, so what a user
-loads is what the card reports) and ``manifest.json``. ``push_entry`` uploads the files and pins the new commit.
+loads is what the card reports), ``metrics.json`` and ``manifest.json``; an existing entry (or run) there is replaced
+only with ``overwrite``. ``push_entry`` uploads the files and pins the new commit.
 """
 from __future__ import annotations
 
@@ -16,19 +17,25 @@ import torch
 
 from .hub import sha256_file
 from .pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
+from .rundir import check_output_target
 from .zoo import MANIFEST_FILE, ZooEntry, resolve
 
 CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+METRICS_FILE = "metrics.json"
+EXPORTED_FILES = (*HUB_FILES, METRICS_FILE, MANIFEST_FILE)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path, repo_id: str | None = None,
                default: bool = False, dtype: str = "float32", eval_subset: int | None = None,
                data_root: str | None = None, license: str = "apache-2.0", notes: str = "",
-               progress: bool = True) -> ZooEntry:
+               progress: bool = True, overwrite: bool = False) -> ZooEntry:
     """Write the zoo entry ``name.tag`` from the final weights of ``run_dir`` and evaluate what was written on the
-    test split of the run's dataset; returns the entry (its manifest is written too)."""
+    test split of the run's dataset; returns the entry (its manifest is written too).
+
+    A folder ``zoo_dir/name.tag`` that already holds an entry, a run or one of the files written is refused before
+    anything is written (its manifest may pin a published revision), unless ``overwrite``."""
     from .data import load_dataset
     from .evaluation import evaluate
 
@@ -37,6 +44,8 @@ def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path,
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     run_dir, out = Path(run_dir), Path(zoo_dir) / f"{name}.{tag}"
+    check_output_target(out, EXPORTED_FILES, command="`selfens zoo export`", overwrite=overwrite,
+                        elsewhere="choose another --name or --zoo-dir")
     model = load_pretrained(run_dir)
     model.pretrained_cfg["weights_dtype"] = dtype
     save_pretrained(copy.deepcopy(model).to(STORAGE_DTYPES[dtype]), out)
@@ -50,7 +59,7 @@ def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path,
     recipe = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     write_card(out, exported.pretrained_cfg, metrics, name=f"{name}.{tag}", recipe=recipe, license=license,
                notes=notes)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     best = metrics["members"][str(max(map(int, metrics["members"])))]
     entry = ZooEntry(name=name, tag=tag, repo_id=repo_id or f"selfens/{name}.{tag}", revision=None,
                      files={f: {"sha256": sha256_file(out / f), "size": (out / f).stat().st_size} for f in HUB_FILES},

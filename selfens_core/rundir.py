@@ -7,6 +7,8 @@ Every guard runs before training writes anything:
   (on this host) is reported and taken over; a lock taken on another host is never broken.
 - :func:`check_target` refuses a directory that holds a model, a run or anything else, unless the run is resumed
   from its checkpoint or ``overwrite`` replaces it (:func:`clear_run` removes selfens' own files, nothing else).
+  :func:`check_output_target` is the same guard for the commands that write a few files into a directory
+  (``selfens eval``, ``selfens zoo export``): a run or model there is never replaced without ``overwrite``.
 - :func:`check_resume_config` refuses to resume with a config that changes the result, unless each changed key is
   named; :func:`record_resume` writes every resume, changes included, to ``resumes.jsonl``.
 
@@ -20,7 +22,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,30 @@ def check_target(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
         print(f"no checkpoint in {out} (the run stopped before its first epoch ended): starting it again")
         return None
     raise RunDirectoryOccupied(_occupied_message(out, last, ours, others, resume))
+
+
+def check_output_target(out: Path, writes: Sequence[str], *, command: str, overwrite: bool, elsewhere: str,
+                        own_output: Collection[str] = ()) -> None:
+    """Refuse (:class:`RunDirectoryOccupied`) to let ``command`` write the files ``writes`` into ``out`` when ``out``
+    holds a run or a trained model (selfens' run files, checkpoints) or a file of ``writes``, unless ``overwrite``.
+
+    ``own_output`` are the files an earlier ``command`` leaves: replacing them alone is what running it again means,
+    so they are refused only next to a run (whose ``metrics.json`` is the run's own test metrics). With
+    ``overwrite`` the replaced files are named. ``elsewhere`` says where else to write (``"choose another --out"``).
+    """
+    ours, _ = _contents(out)
+    replaced = [name for name in writes if (out / name).is_file()]
+    held = sorted({*ours, *replaced} - set(own_output))
+    if not held:
+        return
+    if overwrite:
+        if replaced:
+            print(f"--overwrite: replacing {_names(replaced)} in {out}")
+        return
+    run = " (a trained model or run)" if set(ours) - set(own_output) else ""
+    does = f"would replace its {_names(replaced)}" if replaced else f"would write {_names(list(writes))} into it"
+    raise RunDirectoryOccupied(f"{out} holds {_names(held)}{run}; {command} {does}. Pass --overwrite to write "
+                               f"anyway (nothing else in {out} is touched), or {elsewhere}")
 
 
 def clear_run(out: Path) -> None:

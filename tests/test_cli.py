@@ -1,18 +1,30 @@
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from selfens_core.cli import main
+from selfens_core.rundir import LOCK_FILE
 
 TINY = ["data.name=digits", "data.subset=96", "train.batch_size=32", "train.epochs=1", "model.args.num_members=2",
         "data.eval_batch_size=64"]
+# 10 steps an epoch (half a second on one thread): long enough to be killed in the middle of one.
+TWO_EPOCHS = ["data.name=digits", "data.subset=320", "train.batch_size=32", "train.epochs=2",
+              "model.args.num_members=2", "data.eval_batch_size=64"]
+ROOT = Path(__file__).parent.parent
 CONFIG = "configs/hne-resnet-small-fmnist.yaml"
-ZOO_ENTRY = Path(__file__).parent.parent / "zoo" / "hne-resnet-small.fmnist"
+ZOO_ENTRY = ROOT / "zoo" / "hne-resnet-small.fmnist"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +56,36 @@ def test_eval_of_a_run_reproduces_its_own_metrics_on_its_own_dataset(cli_run, tm
         assert metrics["members"][k]["acc"] == trained["members"][k]["acc"]
         assert metrics["members"][k]["nll"] == pytest.approx(trained["members"][k]["nll"], rel=1e-5)
     assert (tmp_path / "eval" / "budget.png").stat().st_size > 1000
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_eval_never_replaces_a_runs_own_metrics_without_overwrite(cli_run, tmp_path, capsys):
+    run = Path(shutil.copytree(cli_run[0], tmp_path / "run"))
+    before = _files(run)
+    refused = (f"error: {re.escape(str(run))} holds checkpoints/, config.json, config.yaml, metrics.jsonl, "
+               r"model.safetensors \(a trained model or run\); `selfens eval` would replace its metrics.json. Pass "
+               f"--overwrite to write anyway .nothing else in {re.escape(str(run))} is touched., or choose another "
+               "--out$")
+    with pytest.raises(SystemExit, match=refused):
+        main(["eval", str(run), "--subset", "96", "--out", str(run)])
+    assert _files(run) == before
+
+    earlier_eval = tmp_path / "eval"  # what an earlier `selfens eval` left: replaced without --overwrite
+    earlier_eval.mkdir()
+    (earlier_eval / "metrics.json").write_text("{}")
+    (earlier_eval / "budget.png").write_bytes(b"png")
+    main(["eval", str(run), "--data", "fake:1:8:8:10", "--subset", "50", "--out", str(earlier_eval)])
+    assert json.loads((earlier_eval / "metrics.json").read_text())["dataset"] == "fake:1:8:8:10"
+
+    main(["eval", str(run), "--data", "fake:1:8:8:10", "--subset", "50", "--out", str(run), "--overwrite"])
+    assert f"--overwrite: replacing metrics.json in {run}" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["dataset"] == "fake:1:8:8:10"
+    after = _files(run)
+    assert after.keys() == before.keys() | {"budget.png"}
+    assert all(after[name] == content for name, content in before.items() if name != "metrics.json")
 
 
 def test_eval_says_when_data_overrides_the_models_dataset(cli_run, tmp_path, capsys):
@@ -81,3 +123,57 @@ def test_resume_with_a_changed_config_needs_allow_change_and_is_recorded(cli_run
     assert resume["changes"] == {"train.lr": {"old": 0.1, "new": 0.2, "changes_result": True}}
     with pytest.raises(SystemExit, match="error: --allow-change train.lr applies to --resume only"):
         main(["train", CONFIG, "--out", str(tmp_path / "new"), "--allow-change", "train.lr", *TINY])
+
+
+def _start_train(out: Path) -> subprocess.Popen:
+    """``selfens train`` of TWO_EPOCHS into ``out`` in its own process, on one thread (as _train_on_one_thread)."""
+    command = [sys.executable, "-m", "selfens_core.cli", "train", str(ROOT / CONFIG), "--out", str(out), "--quiet",
+               *TWO_EPOCHS]
+    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_in_epoch_two(process: subprocess.Popen, out: Path) -> None:
+    """SIGKILL ``process`` a third of an epoch's time after epoch 1's checkpoint appeared: in the middle of epoch 2."""
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "epoch-0001").is_dir():
+        assert process.poll() is None, f"selfens train stopped before its first checkpoint:\n{process.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.01)
+    epoch_one = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])  # logged before the checkpoint
+    time.sleep(epoch_one["seconds"] / 3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "selfens train finished before it was killed"
+
+
+def _train_on_one_thread(out: Path, *options: str) -> None:
+    """``selfens train`` of TWO_EPOCHS in this process on one thread, like _start_train's process: bit-identical
+    results need equal thread counts (and one thread is quick on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["train", CONFIG, "--out", str(out), "--quiet", *options, *TWO_EPOCHS])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kill_9_mid_epoch_then_resume_ends_bit_identical_and_takes_over_the_stale_lock(tmp_path, capsys):
+    run = tmp_path / "killed"
+    killed = _start_train(run)
+    _kill_in_epoch_two(killed, run)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 2 had not ended
+    assert not (run / "model.safetensors").exists()
+    assert json.loads((run / LOCK_FILE).read_text())["pid"] == killed.pid  # the lock kill -9 leaves behind
+
+    _train_on_one_thread(run, "--resume")
+    printed = capsys.readouterr().out
+    assert f"{run / LOCK_FILE} is a stale lock: pid {killed.pid} on host" in printed and "taking it over" in printed
+    assert f"resuming {run} from epoch-0001 (epoch 1 of 2)" in printed
+    assert not (run / LOCK_FILE).exists()
+
+    _train_on_one_thread(tmp_path / "uninterrupted")
+    expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    weights = load_file(run / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert [name for name in expected if not torch.equal(weights[name], expected[name])] == []

@@ -34,7 +34,8 @@ def installed(tmp_path_factory):
 
 def test_selfens_plugins_lists_the_installed_example(installed):
     _, env = installed
-    report = {plugin["name"]: plugin for plugin in json.loads(_run([SELFENS, "plugins", "--json"], env=env))}
+    report = {plugin["name"]: plugin
+              for plugin in json.loads(_run([SELFENS, "plugins", "--json"], env=env))["plugins"]}
     example = report["example"]
     assert (example["distribution"], example["version"], example["builtin"]) == ("selfens-example-plugin", "0.1.0",
                                                                                 False)

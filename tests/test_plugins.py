@@ -261,7 +261,7 @@ def test_plugins_command_lists_versions_hooks_registrations_and_failures(monkeyp
     try:
         with pytest.warns(UserWarning, match="'broken' failed"):
             main(["plugins", "--json"])
-        report = {plugin["name"]: plugin for plugin in json.loads(capsys.readouterr().out)}
+        report = {plugin["name"]: plugin for plugin in json.loads(capsys.readouterr().out)["plugins"]}
         main(["plugins"])
         text = capsys.readouterr().out
     finally:
@@ -273,6 +273,21 @@ def test_plugins_command_lists_versions_hooks_registrations_and_failures(monkeyp
                                             "'missing_dependency'"]
     assert "broken 0.0.1 (broken-plugin)\n  FAILED: selfens plugin 'broken' failed: ImportError" in text
     assert "hne 0.1.0 (selfens, built in)\n  hooks: register_distillers, register_models\n" in text
+
+
+def test_plugins_command_shows_the_problems_that_belong_to_no_plugin(monkeypatch, capsys, fresh_registries):
+    monkeypatch.setenv("SELFENS_STRICT_PLUGINS", "0")
+    monkeypatch.setenv("SELFENS_DISABLE_PLUGINS", "deep-ensemble")
+    with pytest.warns(UserWarning, match="'deep-ensemble' is no installed plugin"):
+        main(["plugins", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    main(["plugins"])
+    text = capsys.readouterr().out
+    (problem,) = report["problems"]
+    assert problem.startswith("SELFENS_DISABLE_PLUGINS: 'deep-ensemble' is no installed plugin, so nothing was "
+                              "disabled for it (did you mean 'deep_ensemble'?)")
+    assert "deep_ensemble" in {plugin["name"] for plugin in report["plugins"]}
+    assert f"\nPROBLEM: {problem}\n" in text
 
 
 def test_plugins_command_in_strict_mode_stops_at_a_broken_plugin(monkeypatch):

@@ -1,6 +1,7 @@
 """The model zoo without a network: export (Hub layout, card, manifest), load from the bundled copy, integrity and
 strictness, name resolution, the CLI, and push with HfApi mocked. Hub downloads are in test_zoo_hub.py."""
 import json
+import re
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -149,6 +150,24 @@ def test_push_uploads_the_files_and_pins_the_commit(exported):
     assert sorted(op.path_in_repo for op in operations) == ["README.md", "config.json", "model.safetensors"]
     manifest = json.loads((exported.directory / MANIFEST_FILE).read_text())
     assert (pushed.revision, manifest["revision"], manifest["repo_id"]) == ("a" * 40, "a" * 40, "me/tiny")
+
+
+def test_export_never_replaces_an_entry_without_overwrite(exported, tiny_run, zoo_dir, capsys):
+    entry = exported.directory
+    before = {p.name: p.read_bytes() for p in entry.iterdir()}
+    export = ["zoo", "export", str(tiny_run), "--name", "tiny-hne.digits", "--zoo-dir", str(zoo_dir), "--subset", "240"]
+    refused = (f"error: {re.escape(str(entry))} holds README.md, config.json, manifest.json, metrics.json, "
+               r"model.safetensors \(a trained model or run\); `selfens zoo export` would replace its config.json, "
+               r"model.safetensors, README.md, metrics.json, manifest.json. Pass --overwrite to write anyway .* or "
+               r"choose another --name or --zoo-dir$")
+    with pytest.raises(SystemExit, match=refused):
+        main(export)
+    assert {p.name: p.read_bytes() for p in entry.iterdir()} == before
+    main([*export, "--overwrite"])  # float32 this time
+    assert f"--overwrite: replacing config.json, model.safetensors, README.md, metrics.json, manifest.json in {entry}" \
+        in capsys.readouterr().out
+    assert json.loads((entry / "config.json").read_text())["weights_dtype"] == "float32"
+    assert resolve("tiny-hne").files["model.safetensors"]["sha256"] == sha256_file(entry / "model.safetensors")
 
 
 # --- Hardening (issue 10): broken manifests are isolated, zoo names win over folders, local folders are verified ---
