@@ -79,7 +79,9 @@ def _split_efficientnet(model: nn.Module) -> BackboneParts:
 def _small_images_efficientnet(model: nn.Module) -> None:
     """Stride 1 in the stem and in the first strided block (MobileNetV2: the 24-channel stage)."""
     model.conv_stem.stride = (1, 1)
-    strided = next(m for m in model.blocks.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2))
+    strided = next((m for m in model.blocks.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)), None)
+    if strided is None:
+        raise BackboneError(f"{type(model).__name__}: no strided convolution in its blocks to adapt to small images")
     strided.stride = (1, 1)
 
 

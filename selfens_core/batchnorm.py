@@ -9,7 +9,8 @@ the current weights (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021), wit
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -25,29 +26,27 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int) -> int:
     """Replace every BatchNorm's running mean and variance by their average over ``num_batches`` batches of
     ``batches`` (images only), run in training mode through all members. Returns the number of batches used (fewer
-    if ``batches`` ran out). The model's train/eval mode is restored; its weights are not changed."""
+    if ``batches`` ran out). A layer that no batch reached keeps its statistics. The model's train/eval mode, its
+    weights and the global random state (dropout draws) are left as they were."""
     layers = batchnorm_layers(model)
     if not layers or num_batches < 1:
         return 0
     was_training = model.training
-    momenta = [bn.momentum for bn in layers]
+    saved = [(bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in layers]
     for bn in layers:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average: every batch weighs the same
     model.train()
     used = 0
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:
-        for used, x in enumerate(_take(batches, num_batches), start=1):
-            model(x)
+        with torch.random.fork_rng(devices=devices):
+            for used, x in enumerate(itertools.islice(batches, num_batches), start=1):
+                model(x)
     finally:
-        for bn, momentum in zip(layers, momenta):
+        for bn, (momentum, state) in zip(layers, saved):
             bn.momentum = momentum
+            if bn.num_batches_tracked == 0:  # no batch reached it (a module forward does not run)
+                bn.load_state_dict(state)
         model.train(was_training)
     return used
-
-
-def _take(batches: Iterable[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
-    for i, x in enumerate(batches):
-        if i == n:
-            return
-        yield x

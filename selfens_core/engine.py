@@ -13,6 +13,7 @@ import errno
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,7 +306,10 @@ def _precise_bn(s: Setup, epoch: int) -> None:
         batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
                                   augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True)
         inputs = (_on_device(x, s.device, s.cfg.train.channels_last) for x, _ in batches)
-        precise_bn(s.model, inputs, s.cfg.train.precise_bn)
+        used = precise_bn(s.model, inputs, s.cfg.train.precise_bn)
+        if used < s.cfg.train.precise_bn:
+            warnings.warn(f"train.precise_bn={s.cfg.train.precise_bn}, but the training split holds {used} batches: "
+                          f"BatchNorm statistics were estimated on {used}", stacklevel=1)
 
 
 def _loss_terms(s: Setup, cfg: DictConfig, p: Pass) -> dict[str, torch.Tensor]:

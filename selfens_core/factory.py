@@ -76,10 +76,10 @@ def create_backbone(name: str, *, num_classes: int, in_chans: int, small_images:
     model = create_timm(name, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
     if small_images:
         adapter = _adapter_for(model, name)
-        if adapter.small_images is None:
+        if getattr(adapter, "small_images", None) is None:
             raise BackboneError(f"the {adapter.family!r} backbone adapter does not support small_images; "
                                 f"train {name} at its own resolution or register an adapter that does")
-        adapter.small_images(model)
+        adapter.small_images(model)  # a BackboneError when the model has nothing to adapt
     return model
 
 

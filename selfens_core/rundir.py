@@ -38,6 +38,8 @@ CONFIG_YAML, EPOCH_LOG, RESUME_LOG = "config.yaml", "metrics.jsonl", "resumes.js
 # A trained model (also a zoo entry's copy); config.json and model.safetensors are pretrained.py's names.
 FINISHED_FILES = ("metrics.json", "config.json", "model.safetensors", "manifest.json")
 RUN_FILES = (CONFIG_YAML, EPOCH_LOG, RESUME_LOG, *FINISHED_FILES)
+# Restored with the optimizer's state on --resume (param groups' lr, momentum, weight decay; the schedule's base lr).
+OPTIMIZER_STATE_KEYS = {"train.optimizer", "train.lr", "train.momentum", "train.nesterov", "train.weight_decay"}
 ABSENT = "<absent>"  # the value of a config key one of two compared configs lacks
 
 # Config keys a resume may change without changing the result (the change is still recorded).
@@ -93,7 +95,8 @@ def _acquire(lock: Path) -> None:
             _take_over_if_stale(lock)
             continue
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%FT%T%z")}, f)
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%FT%T%z"),
+                       "pid_start": _process_start(os.getpid())}, f)
         return
     raise RunDirectoryBusy(f"{lock.parent}: could not take its lock {lock}, other processes keep taking it; retry")
 
@@ -133,17 +136,30 @@ def _read_owner(lock: Path) -> dict[str, Any] | None:
 
 
 def _is_running(owner: dict[str, Any]) -> bool:
-    """Whether the lock's owner still runs; a process on another host is taken to run (it cannot be checked), and
-    so is any process off POSIX (there ``os.kill(pid, 0)`` would stop it)."""
+    """Whether the lock's owner still runs: its pid is alive with the start time the lock recorded. A process on
+    another host is taken to run (it cannot be checked), and so is any process off POSIX (there ``os.kill(pid, 0)``
+    would stop it)."""
     if owner.get("host") != socket.gethostname() or os.name != "posix":
         return True
+    pid, recorded = owner["pid"], owner.get("pid_start")
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            pass
+    # A different start time means the pid was reused: a restarted container's trainer often gets its old pid.
+    return recorded is None or recorded == _process_start(pid)
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux ``/proc/PID/stat`` field 22), or ``None``."""
     try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _describe(owner: dict[str, Any]) -> str:
@@ -270,10 +286,17 @@ def check_resume_config(trained_with: dict[str, Any], now: dict[str, Any], allow
     """Refuse (:class:`ConfigChanged`, listing each key old → new) to resume ``checkpoint`` with a config that
     changes the result, unless the key is in ``allowed``; return every change as a record for ``resumes.jsonl``."""
     changes = config_changes(trained_with, now)
+    fixed = [k for k in changes if k in allowed and _restored_from_optimizer_state(k)]
+    if fixed:
+        raise ConfigChanged(
+            f"cannot resume {out} with {', '.join(fixed)} changed, even with --allow-change: checkpoint "
+            f"{checkpoint.name} restores the optimizer's own settings (optimizer, learning rates, momentum, weight "
+            "decay), so the change would be recorded but not applied. Train a new run into another --out instead")
     refused = {k: v for k, v in changes.items() if k not in RESULT_NEUTRAL_KEYS and k not in allowed}
     if refused:
         listed = "\n".join(f"  {k}: {json.dumps(old)} → {json.dumps(new)}" for k, (old, new) in refused.items())
-        restore = " ".join(f"{k}={json.dumps(old)}" for k, (old, _) in refused.items() if old != ABSENT)
+        restore = " ".join(f"{k}={json.dumps(old, separators=(',', ':'))}" for k, (old, _) in refused.items()
+                           if old != ABSENT)
         raise ConfigChanged(
             f"cannot resume {out}: the config differs from the one checkpoint {checkpoint.name} was trained with, "
             f"and these keys change the result:\n{listed}\nResume with the run's values"
@@ -281,6 +304,11 @@ def check_resume_config(trained_with: dict[str, Any], now: dict[str, Any], allow
             f"with --allow-change KEY (recorded in {out / RESUME_LOG})")
     return {k: {"old": old, "new": new, "changes_result": k not in RESULT_NEUTRAL_KEYS}
             for k, (old, new) in changes.items()}
+
+
+def _restored_from_optimizer_state(key: str) -> bool:
+    """Keys whose values a resumed optimizer takes from its checkpointed state, not from the config."""
+    return key in OPTIMIZER_STATE_KEYS or key.endswith(".args.lr")
 
 
 def trained_config(out: Path, extra_state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:

@@ -26,3 +26,16 @@ def test_a_self_ensemble_keeps_its_weights_and_every_member_gets_statistics():
     assert precise_bn(model, iter(batches), num_batches=2) == 2
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     assert all(bn.num_batches_tracked == 2 for bn in batchnorm_layers(model))  # the member branches' BNs included
+
+
+def test_a_layer_no_batch_reaches_keeps_its_statistics_and_the_random_state_is_untouched():
+    used, unused = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    model = torch.nn.ModuleDict({"used": used, "unused": unused})
+    model.forward = lambda x: model["used"](torch.nn.functional.dropout(x, 0.5))  # dropout draws random numbers
+    unused.running_mean.fill_(7.0)
+    batches = [torch.randn(4, 3, 5, 5)]
+    state = torch.random.get_rng_state()
+    assert precise_bn(model, batches, num_batches=1) == 1
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert bool((unused.running_mean == 7.0).all()) and int(unused.num_batches_tracked) == 0
+    assert int(used.num_batches_tracked) == 1

@@ -118,9 +118,13 @@ def test_resume_with_a_changed_config_needs_allow_change_and_is_recorded(cli_run
     run = shutil.copytree(cli_run[0], tmp_path / "run")
     with pytest.raises(SystemExit, match=r"error: cannot resume .*\n  train.lr: 0.1 → 0.2\n"):
         main(["train", CONFIG, "--out", str(run), "--resume", *TINY, "train.lr=0.2"])
-    main(["train", CONFIG, "--out", str(run), "--resume", "--allow-change", "train.lr", *TINY, "train.lr=0.2"])
+    with pytest.raises(SystemExit, match="train.lr changed, even with --allow-change: checkpoint epoch-0001 restores "
+                                         "the optimizer's own settings"):  # recorded but not applied: refused
+        main(["train", CONFIG, "--out", str(run), "--resume", "--allow-change", "train.lr", *TINY, "train.lr=0.2"])
+    main(["train", CONFIG, "--out", str(run), "--resume", "--allow-change", "train.grad_clip", *TINY,
+          "train.grad_clip=1.0"])
     (resume,) = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
-    assert resume["changes"] == {"train.lr": {"old": 0.1, "new": 0.2, "changes_result": True}}
+    assert resume["changes"] == {"train.grad_clip": {"old": None, "new": 1.0, "changes_result": True}}
     with pytest.raises(SystemExit, match="error: --allow-change train.lr applies to --resume only"):
         main(["train", CONFIG, "--out", str(tmp_path / "new"), "--allow-change", "train.lr", *TINY])
 

@@ -231,6 +231,19 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path, capsys):
     assert not lock.exists()
 
 
+def test_a_reused_pid_does_not_keep_a_stale_lock(tmp_path, live_pid):
+    """A lock whose pid now belongs to another process (a restarted container's trainer often gets its old pid,
+    even ours) is stale: the start time recorded in the lock differs."""
+    for pid in (live_pid, os.getpid()):
+        lock = _write_lock(tmp_path / "out", pid)
+        lock.write_text(json.dumps({**json.loads(lock.read_text()), "pid_start": 1}))  # started at boot: not it
+        with rundir.locked(tmp_path / "out"):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with rundir.locked(tmp_path / "out"), pytest.raises(rundir.RunDirectoryBusy):  # but a live owner still holds
+        with rundir.locked(tmp_path / "out"):
+            pass
+
+
 # --------------------------------------------------------------------------------------------- resuming honestly
 
 
