@@ -29,7 +29,7 @@ def test_freed_memory_stays_in_the_process_unless_asked_otherwise():
     kept, kept_mb = _run(SELFENS_MALLOC="keep")
     system, system_mb = _run(SELFENS_MALLOC="system")
     assert (kept, system) == ("kept", "system")
-    assert int(kept_mb) >= 60 and int(system_mb) < 8  # reused from the heap vs returned to the OS at once
+    assert int(kept_mb) >= 48 and int(system_mb) < 8  # kept in the heap (most of the 64 MB) vs returned at once
 
 
 def test_an_unknown_setting_names_the_variable(monkeypatch):
