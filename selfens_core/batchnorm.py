@@ -23,20 +23,26 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int) -> int:
+def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int,
+               keep: Iterable[nn.Module] = ()) -> int | None:
     """Replace every BatchNorm's running mean and variance by their average over ``num_batches`` batches of
     ``batches`` (images only), run in training mode through all members. Returns the number of batches used (fewer
-    if ``batches`` ran out). A layer that no batch reached keeps its statistics. The model's train/eval mode, its
-    weights and the global random state (dropout draws) are left as they were."""
-    layers = batchnorm_layers(model)
+    if ``batches`` ran out; None when there is no layer to re-estimate). A layer that no batch reached keeps its
+    statistics, and so do the layers inside the modules of ``keep`` (frozen ones: they run in evaluation mode). The
+    model's train/eval mode, its weights and the global random state (dropout draws) are left as they were."""
+    keep = list(keep)
+    kept = {id(m) for module in keep for m in module.modules()}
+    layers = [bn for bn in batchnorm_layers(model) if id(bn) not in kept]
     if not layers or num_batches < 1:
-        return 0
-    was_training = model.training
+        return None
     saved = [(bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in layers]
     for bn in layers:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average: every batch weighs the same
+    modes = {m: m.training for m in model.modules()}
     model.train()
+    for module in keep:
+        module.eval()
     used = 0
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:
@@ -48,5 +54,6 @@ def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: i
             bn.momentum = momentum
             if bn.num_batches_tracked == 0:  # no batch reached it (a module forward does not run)
                 bn.load_state_dict(state)
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     return used

@@ -400,7 +400,8 @@ def _decode_section(state: dict, section: str, tensor_file: Path) -> Any:
 
 def _check_param_groups(saved: dict, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Raise if the saved optimizer state has other parameter-group sizes than ``optimizer`` (it would not load)."""
-    saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
+    parts = saved["optimizers"] if "optimizers" in saved else [saved]  # several optimizers saved as one
+    saved_sizes = [len(group["params"]) for part in parts for group in part["param_groups"]]
     own_sizes = [len(group["params"]) for group in optimizer.param_groups]
     if saved_sizes != own_sizes:
         raise CheckpointError(

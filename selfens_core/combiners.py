@@ -13,9 +13,14 @@ from torch.nn import functional as F
 
 class Combiner(nn.Module):
     """Base class. A combiner with trainable parameters is trained by the engine on detached member outputs
-    with :meth:`loss` and its own optimizer parameter group (``lr`` attribute, default: the model's)."""
+    with :meth:`loss` and its own optimizer parameter group (``lr`` attribute, default: the model's).
+
+    A combiner that sets ``consumes_features = True`` is called as ``combiner(logits, features=...)`` with the
+    members' penultimate features (a tuple of (B, d_k) tensors, see ``SelfEnsemble.forward_features``); the model
+    then runs its members with features wherever it combines (``predict``, evaluation, training)."""
 
     lr: float | None = None
+    consumes_features: bool = False
 
     def bind(self, *, num_members: int, num_classes: int) -> None:
         """Size the combiner for a model with ``num_members`` members and ``num_classes`` classes (default: nothing
@@ -24,9 +29,11 @@ class Combiner(nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood of the combined prediction."""
-        return F.nll_loss(torch.log(self(logits).clamp_min(1e-12)), targets)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor,
+             features: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """Negative log-likelihood of the combined prediction (``features``: for a combiner that consumes them)."""
+        probs = self(logits) if features is None else self(logits, features=features)
+        return F.nll_loss(torch.log(probs.clamp_min(1e-12)), targets)
 
 
 class MeanLogits(Combiner):

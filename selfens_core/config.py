@@ -1,6 +1,7 @@
 """Run configuration: a structured OmegaConf schema, so an unknown key or a wrong type is an error naming the key."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CHOICES = {
-    "train.optimizer": ("sgd", "adamw"),
-    "train.schedule": ("cosine", "step", "constant"),
     "train.precision": ("fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -50,14 +49,16 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # a registered optimizer (`selfens plugins`)
+    optimizer_args: Dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. {betas: [0.9, 0.99]}
     lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: Optional[float] = None  # null: the optimizer's default (sgd: 0.9); set: passed to the optimizer
+    nesterov: Optional[bool] = None  # null: the optimizer's default (sgd: false)
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # a registered learning-rate schedule, after warmup_epochs of linear warm-up
+    schedule_args: Dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. {cycle_epochs: 4}
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step schedule, fractions of training
-    gamma: float = 0.1
+    gamma: float = 0.1  # step schedule: the factor at each milestone
     warmup_epochs: float = 0.0
     grad_clip: Optional[float] = None  # max global gradient norm
     precision: str = "fp32"
@@ -69,6 +70,43 @@ class TrainConfig:
 
 
 @dataclass
+class PhaseOptimizerConfig:
+    """One of several optimizers of a phase (``phases[i].optimizers``); unset keys come from the phase."""
+
+    params: List[str] = field(default_factory=lambda: ["all"])  # selectors, as in PhaseConfig.trains
+    optimizer: Optional[str] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    optimizer_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a run (see ``phases.py``); unset keys come from the ``train`` section."""
+
+    name: str = ""
+    epochs: Optional[int] = None  # null: train.epochs
+    trains: List[str] = field(default_factory=lambda: ["all"])  # all, a model parameter group, or name patterns
+    frozen: List[str] = field(default_factory=list)  # module name patterns frozen (eval mode, no gradient)
+    optimizer: Optional[str] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    optimizer_args: Dict[str, Any] = field(default_factory=dict)
+    optimizers: List[PhaseOptimizerConfig] = field(default_factory=list)  # several optimizers, e.g. one per member
+    schedule: Optional[str] = None
+    schedule_args: Dict[str, Any] = field(default_factory=dict)
+    warmup_epochs: Optional[float] = None  # null: train.warmup_epochs in the first phase, 0 after
+    distiller: Optional[ComponentConfig] = None  # this phase's objective instead of the run's
+    sampler: Optional[ComponentConfig] = None
+
+
+@dataclass
+class CallbackConfig:
+    name: str = MISSING  # a registered callback (`selfens plugins`)
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     distiller: ComponentConfig = field(default_factory=ComponentConfig)
@@ -76,6 +114,8 @@ class RunConfig:
     sampler: ComponentConfig = field(default_factory=ComponentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    phases: List[PhaseConfig] = field(default_factory=list)  # empty: the recipe's phases, else one of train's keys
+    callbacks: List[CallbackConfig] = field(default_factory=list)  # added to the recipe's callbacks
 
 
 def _allowed_keys(schema: DictConfig, full_key: str) -> str:
@@ -129,6 +169,9 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
     return OmegaConf.from_dotlist(list(overrides))
 
 
+_LIST_SECTIONS = {PhaseConfig: "phases", PhaseOptimizerConfig: "phases[i].optimizers", CallbackConfig: "callbacks"}
+
+
 def _merge(schema: DictConfig, cfg: DictConfig, layer: Any, origin: str = "") -> DictConfig:
     """``cfg`` merged with ``layer``; an error names the key, after ``origin`` (e.g. the file) when given."""
     try:
@@ -136,6 +179,11 @@ def _merge(schema: DictConfig, cfg: DictConfig, layer: Any, origin: str = "") ->
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or ""
         if type(error).__name__ == "ConfigKeyError":
+            section = _LIST_SECTIONS.get(getattr(error, "object_type", None))
+            if section:  # a key inside a list entry: OmegaConf's key path stops at the entry
+                allowed = ", ".join(f.name for f in dataclasses.fields(error.object_type))
+                raise ConfigError(f"{origin}unknown config key {key!r} in a {section} entry; allowed there: "
+                                  f"{allowed}") from None
             allowed = _allowed_keys(schema, key)
             raise ConfigError(f"{origin}unknown config key {key!r}; allowed here: {allowed}") from None
         reason = str(error).splitlines()[0]
@@ -174,7 +222,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     checks = {  # key: (holds, what is expected)
         "train.epochs": (t.epochs >= 1, ">= 1"), "train.batch_size": (t.batch_size >= 1, ">= 1"),
         "train.lr": (math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
-        "train.momentum": (0.0 <= t.momentum < 1.0, "in [0, 1)"),
+        "train.momentum": (t.momentum is None or 0.0 <= t.momentum < 1.0, "null or in [0, 1)"),
         "train.weight_decay": (math.isfinite(t.weight_decay) and t.weight_decay >= 0, "a finite number >= 0"),
         "train.gamma": (math.isfinite(t.gamma) and t.gamma > 0, "a finite number > 0"),
         "train.milestones": (all(0.0 <= m <= 1.0 for m in t.milestones),

@@ -5,7 +5,9 @@ from .backbones import BUILTIN_ADAPTERS
 from .combiners import MeanLogits, MeanProbs, Stacking, Voting, WeightedMean
 from .distillers import Independent
 from .hookspecs import hookimpl
-from .samplers import AllMembers, ShuffledPerMember
+from .optim import BUILTIN_OPTIMIZERS
+from .samplers import AllMembers, Listed, ShuffledPerMember
+from .schedules import BUILTIN_SCHEDULES
 
 
 @hookimpl
@@ -26,9 +28,22 @@ def register_distillers(register):
 def register_samplers(register):
     register("all", AllMembers)
     register("shuffled", ShuffledPerMember)
+    register("listed", Listed)
 
 
 @hookimpl
 def register_backbone_adapters(register):
     for adapter in BUILTIN_ADAPTERS:
         register(adapter.family, adapter)
+
+
+@hookimpl
+def register_optimizers(register):
+    for name, factory in BUILTIN_OPTIMIZERS.items():
+        register(name, factory)
+
+
+@hookimpl
+def register_schedules(register):
+    for name, cls in BUILTIN_SCHEDULES.items():
+        register(name, cls)

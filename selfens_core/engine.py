@@ -1,9 +1,12 @@
 """The one training loop every method runs through.
 
-Per step: the sampler plans passes (which inputs through which members), the model returns member logits
-(M, B, C), the distiller turns them into named loss terms, a combiner with parameters adds its own loss on detached
-outputs; gradients accumulate over the passes, then one optimizer step. Methods plug in through those components and
-never through this file. What may be written into the run directory, and by whom, is :mod:`.rundir`'s business.
+A run is a sequence of phases (:mod:`.phases`; one by default), each training its selection of parameters with its
+own optimizers and schedule. Per step: the sampler plans passes (which inputs through which members), the model
+returns member logits (M, B, C), the distiller turns them into named loss terms, a combiner with trainable
+parameters adds its own loss on detached outputs; gradients accumulate over the passes, then one optimizer step.
+Callbacks and components see the run at fixed points (:mod:`.callbacks`), and may look at training data once before
+any optimizer exists (``prepare``). Methods plug in through those components and never through this file. What may
+be written into the run directory, and by whom, is :mod:`.rundir`'s business.
 """
 from __future__ import annotations
 
@@ -24,13 +27,24 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .batchnorm import precise_bn
+from .callbacks import PhaseInfo, TrainState, notify
 from .checkpoint import clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_extra_state, save_checkpoint
 from .config import ConfigError, RunConfig, save_config
 from .data import DatasetInfo, Split, iterate_batches, load_dataset, num_batches
 from .ensemble import NonFiniteInputError, SelfEnsemble
 from .evaluation import evaluate
-from .factory import build_component, build_model, recipe_defaults
-from .optim import make_optimizer, make_scheduler
+from .factory import (
+    build_component,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    check_optimizer,
+    check_train_config,
+    optimizer_defaults,
+    recipe_defaults,
+)
+from .optim import lr_lambda, weight_decay_groups
+from .phases import OptimizerSet, Phase, ScheduleSet, apply_phase, frozen_modules, release, resolve_phases, select
 from .pretrained import save_pretrained
 from .rundir import (
     CHECKPOINTS_DIR,
@@ -74,6 +88,43 @@ class Setup:
     splits: dict[str, Split]
     device: torch.device
     steps_per_epoch: int
+    phases: list[Phase]
+    phase_distillers: dict[int, torch.nn.Module]  # phases with their own objective
+    phase_samplers: dict[int, Any]
+    callbacks: list[Any]
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of the whole run: the sum over its phases."""
+        return sum(p.epochs for p in self.phases)
+
+    def first_epoch(self, phase: Phase) -> int:
+        return sum(p.epochs for p in self.phases[:phase.index])
+
+    def phase_at(self, epoch: int) -> Phase:
+        """The phase that global epoch ``epoch`` (0-based) belongs to."""
+        return next(p for p in self.phases if epoch < self.first_epoch(p) + p.epochs)
+
+    def listeners(self, phase: Phase) -> list[Any]:
+        """What callbacks are called on, in order: the run's callbacks, then the model, its combiner, and the
+        phase's distiller and sampler."""
+        distiller = self.phase_distillers.get(phase.index, self.distiller)
+        return [*self.callbacks, self.model, self.model.combiner, distiller,
+                self.phase_samplers.get(phase.index, self.sampler)]
+
+
+@dataclass
+class PhaseRun:
+    """A phase being trained: its optimizers, schedule and what it freezes."""
+
+    phase: Phase
+    optimizer: OptimizerSet
+    scheduler: ScheduleSet
+    schedule: Any
+    trained: list[str]
+    held: list[torch.nn.Module]  # modules held in evaluation mode
+    members_train: bool  # some parameter other than the combiner's trains
+    combiner_trains: bool
 
 
 def pick_device(name: str) -> torch.device:
@@ -86,12 +137,17 @@ def pick_device(name: str) -> torch.device:
 
 def resolve_recipe(cfg: DictConfig) -> DictConfig:
     """A copy of ``cfg`` whose unset component names (``distiller``, ``sampler``, ``combiner``) are the model's
-    recipe defaults (else the core's), so that ``config.yaml`` and resume checks say what actually runs."""
+    recipe defaults (else the core's) and whose unset ``train.momentum`` / ``train.nesterov`` are the optimizer's
+    defaults (where it takes them), so that ``config.yaml`` and resume checks say what actually runs."""
     resolved = copy.deepcopy(cfg)
     recipe = recipe_defaults(cfg.model.name)
     for kind, core_default in COMPONENT_DEFAULTS.items():
         if resolved[kind].name is None:
             resolved[kind].name = recipe.get(kind, core_default)
+    check_train_config(resolved.train)
+    for key, default in optimizer_defaults(resolved.train.optimizer, ("momentum", "nesterov")).items():
+        if resolved.train[key] is None:  # null: the optimizer's own default, written down
+            resolved.train[key] = default
     return resolved
 
 
@@ -112,13 +168,53 @@ def _components_record(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def _phase_component(phase: Phase, kind: str, registry: str) -> Any:
+    spec = getattr(phase, kind)
+    try:
+        return build_component(registry, spec["name"], spec.get("args") or {})
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"phases[{phase.index}].{kind} (name {spec['name']!r}): {error}") from None
+
+
+def _callbacks(cfg: DictConfig, recipe: dict[str, Any]) -> list[Any]:
+    """The recipe's callbacks, then the config's, built from the callback registry."""
+    specs = [*recipe.get("callbacks", []), *OmegaConf.to_container(cfg.callbacks, resolve=True)]
+    built = []
+    for index, spec in enumerate(specs):
+        try:
+            built.append(build_component("callbacks", spec["name"], spec.get("args") or {}))
+        except (TypeError, ValueError, KeyError) as error:
+            raise ConfigError(f"callbacks[{index}] (name {spec['name']!r}): {error}") from None
+    return built
+
+
+def _check_phase(model: SelfEnsemble, phase: Phase) -> None:
+    """Everything about ``phase`` that can be checked before training: selectors, schedule, optimizer names and
+    arguments."""
+    where = f"phases[{phase.index}]"
+    select(model, phase.trains, f"{where}.trains")
+    frozen_modules(model, phase.frozen, f"{where}.frozen")
+    _schedule(phase)
+    for index, spec in enumerate(phase.optimizers):
+        select(model, spec.params, f"{where}.optimizers[{index}].params")
+        try:
+            check_optimizer(spec.optimizer, spec.args)
+        except (TypeError, KeyError) as error:
+            raise ConfigError(f"{where} optimizer {spec.optimizer!r}: {error}") from None
+
+
 def build(cfg: DictConfig) -> Setup:
-    """Resolve the config into model, components and data; every error names the config key at fault."""
+    """Resolve the config into model, components, phases and data; every error names the config key at fault."""
     cfg = resolve_recipe(cfg)
+    recipe = recipe_defaults(cfg.model.name)
     torch.manual_seed(cfg.train.seed)
     distiller = _component(cfg, "distiller", "distillers")
     sampler = _component(cfg, "sampler", "samplers")
     combiner = _component(cfg, "combiner", "combiners")
+    phases = resolve_phases(cfg, recipe.get("phases"))
+    phase_distillers = {p.index: _phase_component(p, "distiller", "distillers") for p in phases if p.distiller}
+    phase_samplers = {p.index: _phase_component(p, "sampler", "samplers") for p in phases if p.sampler}
+    callbacks = _callbacks(cfg, recipe)
     info, splits = load_dataset(cfg.data.name, root=cfg.data.root, subset=cfg.data.subset,
                                 val_split=cfg.data.val_split, seed=cfg.train.seed)
     try:
@@ -130,18 +226,24 @@ def build(cfg: DictConfig) -> Setup:
         **_components_record(cfg), input_size=info.input_size, mean=info.mean, std=info.std,
         class_names=list(info.class_names), dataset=info.name,
     )
-    if hasattr(distiller, "attach"):  # hooks and parameters sized from the model, before the optimizer exists
-        try:
-            distiller.attach(model)
-        except ValueError as error:
-            raise ConfigError(f"distiller (name {cfg.distiller.name!r}): {error}") from None
+    for where, objective in [("distiller", distiller),
+                             *((f"phases[{i}].distiller", d) for i, d in phase_distillers.items())]:
+        if hasattr(objective, "attach"):  # hooks and parameters sized from the model, before the optimizer exists
+            try:
+                objective.attach(model)
+            except ValueError as error:
+                raise ConfigError(f"{where}: {error}") from None
+    for phase in phases:  # a config error now, before anything is written, not at the phase's start
+        _check_phase(model, phase)
     device = pick_device(cfg.train.device)
     model.to(device)
-    distiller.to(device)
+    for objective in (distiller, *phase_distillers.values()):
+        objective.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     steps = num_batches(splits["train"], cfg.train.batch_size, drop_last=True)
-    return Setup(cfg, model, distiller, sampler, info, splits, device, steps)
+    return Setup(cfg, model, distiller, sampler, info, splits, device, steps, phases, phase_distillers,
+                 phase_samplers, callbacks)
 
 
 def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -157,27 +259,135 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
         _tidy_interrupted_saves(out)
         last = check_target(out, resume=resume, overwrite=overwrite)
         s = build(cfg)
-        optimizer = make_optimizer(s.cfg.train, s.model, s.distiller)
-        scheduler = make_scheduler(s.cfg.train, optimizer, s.steps_per_epoch)
-        resumed = _resume(out, last, s, optimizer, scheduler, allow_changes) if last else None
+        resumed = _check_resume(out, last, s, allow_changes) if last else None
+        if not resumed:
+            _prepare(s)
         with _resumable_when_disk_full(out):
             _begin(out, s, resumed, overwrite)
-            for epoch in range(resumed["epoch"] if resumed else 0, s.cfg.train.epochs):
-                started = time.perf_counter()
-                losses = _train_epoch(s, s.cfg, epoch, optimizer, scheduler, out, progress)
-                _log_epoch(s, s.cfg, out, epoch, losses, time.perf_counter() - started, scheduler.get_last_lr()[0])
-                _save(out, epoch + 1, s, optimizer, scheduler)
-            return _finish(out, s)
+            start = resumed["epoch"] if resumed else 0
+            state = TrainState(s.model, _phase_info(s, s.phase_at(min(start, s.epochs - 1))), s.steps_per_epoch,
+                               out, step=start * s.steps_per_epoch, resumed=bool(resumed))
+            notify(s.listeners(s.phases[0]), "on_train_start", state)
+            for phase in s.phases:
+                first, end = s.first_epoch(phase), s.first_epoch(phase) + phase.epochs
+                if end <= start:
+                    continue
+                state.epoch = max(start, first)
+                run = _start_phase(s, phase, state, resume_from=last if first < start else None)
+                for epoch in range(max(start, first), end):
+                    state.epoch = epoch
+                    started = time.perf_counter()
+                    losses = _train_epoch(s, run, state, progress)
+                    notify(s.listeners(phase), "on_epoch_end", state)
+                    if epoch + 1 == end:
+                        notify(s.listeners(phase), "on_phase_end", state)
+                    _log_epoch(s, run, out, epoch, losses, time.perf_counter() - started)
+                    _save(out, epoch + 1, s, run)
+            release(s.model)
+            return _finish(out, s, keep=run.held if start < s.epochs else [])
 
 
-def _resume(out: Path, last: Path, s: Setup, optimizer, scheduler, allow_changes: Collection[str]) -> dict[str, Any]:
-    """Load the checkpoint ``last`` once the config is checked against the one it was trained with; return the
-    resume's record (epoch, checkpoint, config changes)."""
+def _phase_info(s: Setup, phase: Phase, trained: list[str] = (), schedule: Any = None) -> PhaseInfo:
+    return PhaseInfo(phase.index, phase.name, phase.epochs, s.first_epoch(phase), list(trained), schedule)
+
+
+def _start_phase(s: Setup, phase: Phase, state: TrainState, resume_from: Path | None) -> PhaseRun:
+    """Freeze what ``phase`` does not train, build its optimizers and schedule; then either restore them from the
+    checkpoint ``resume_from`` (a resume in the middle of the phase) or announce the phase's start to listeners."""
+    trained, held = apply_phase(s.model, phase)
+    objective = s.phase_distillers.get(phase.index, s.distiller)
+    optimizers = []
+    for index, spec in enumerate(phase.optimizers):
+        names = [n for n in select(s.model, spec.params, f"phases[{phase.index}].optimizers[{index}].params")
+                 if n in set(trained)]
+        optimizers.append(_optimizer(s, spec, names, objective if index == 0 else None, phase))
+    _check_covered(phase, trained, [g["params"] for o in optimizers for g in o.param_groups], s.model)
+    optimizer = OptimizerSet(optimizers)
+    schedule = _schedule(phase)
+    total = phase.epochs * s.steps_per_epoch
+    multiplier = lr_lambda(schedule, total_steps=total, steps_per_epoch=s.steps_per_epoch,
+                           warmup_steps=round(phase.warmup_epochs * s.steps_per_epoch))
+    try:
+        scheduler = ScheduleSet(optimizer, multiplier)  # LambdaLR evaluates the first step: a bad cycle shows here
+    except ValueError as error:
+        raise ConfigError(f"phases[{phase.index}] schedule {phase.schedule!r}: {error}") from None
+    combiner_names = set(s.model.parameter_groups()["combiner"])
+    run = PhaseRun(phase, optimizer, scheduler, schedule, trained, held,
+                   members_train=any(n not in combiner_names for n in trained),
+                   combiner_trains=any(n in combiner_names for n in trained))
+    state.phase, state.optimizers = _phase_info(s, phase, trained, schedule), optimizer.optimizers
+    if resume_from is not None:
+        load_checkpoint(resume_from, model=_Both(s), optimizer=optimizer, scheduler=scheduler)
+    else:
+        if len(s.phases) > 1:
+            print(f"phase {phase.index + 1}/{len(s.phases)} {phase.name!r}: {phase.epochs} epoch(s), training "
+                  f"{len(trained)} of {len(list(s.model.parameters()))} parameter tensors")
+        notify(s.listeners(phase), "on_phase_start", state)
+    return run
+
+
+def _optimizer(s: Setup, spec, names: list[str], objective: torch.nn.Module | None, phase: Phase):
+    """One optimizer over ``names``: weights with and without weight decay, then the combiner's parameters and the
+    objective's (a distiller's discriminators) in groups of their own, with their own ``lr`` attribute if set."""
+    params = dict(s.model.named_parameters())
+    combiner_names = set(s.model.parameter_groups()["combiner"])
+    groups = weight_decay_groups([(n, params[n]) for n in names if n not in combiner_names], spec.weight_decay)
+    for owner, own in ((s.model.combiner, [params[n] for n in names if n in combiner_names]),
+                       (objective, [p for p in objective.parameters() if p.requires_grad] if objective else [])):
+        if own:
+            groups.append({"params": own, "weight_decay": 0.0, "lr": getattr(owner, "lr", None) or spec.lr})
+    groups = [g for g in groups if g["params"]]
+    try:
+        return build_optimizer(spec.optimizer, groups, lr=spec.lr, args=spec.args)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"phases[{phase.index}] optimizer {spec.optimizer!r}: {error}") from None
+
+
+def _schedule(phase: Phase) -> Any:
+    try:
+        return build_schedule(phase.schedule, phase.schedule_args)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(f"phases[{phase.index}] schedule {phase.schedule!r}: {error}") from None
+
+
+def _check_covered(phase: Phase, trained: list[str], groups: list[list[torch.nn.Parameter]],
+                   model: torch.nn.Module) -> None:
+    """Every parameter the phase trains is stepped by exactly one of its optimizers."""
+    counts: dict[int, int] = {}
+    for params in groups:
+        for p in params:
+            counts[id(p)] = counts.get(id(p), 0) + 1
+    named = dict(model.named_parameters())
+    missing = [n for n in trained if counts.get(id(named[n]), 0) == 0]
+    twice = [n for n in trained if counts.get(id(named[n]), 0) > 1]
+    if missing or twice:
+        problem = (f"{len(missing)} trained parameter(s) in no optimizer (e.g. {missing[:3]})" if missing
+                   else f"{len(twice)} parameter(s) in more than one optimizer (e.g. {twice[:3]})")
+        raise ConfigError(f"phases[{phase.index}].optimizers: {problem}; their params selectors must split what "
+                          "the phase trains")
+
+
+def _prepare(s: Setup) -> None:
+    """Let every component that defines ``prepare(model, batches)`` look at training data once, before any
+    optimizer exists (a fresh run only: what it decides is in the state dict, which a resume loads)."""
+    components = [s.model, s.model.combiner, s.distiller, *s.phase_distillers.values(), s.sampler,
+                  *s.phase_samplers.values(), *s.callbacks]
+    for component in components:
+        if hasattr(component, "prepare"):
+            batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
+                                      augment=s.cfg.data.augment, seed=s.cfg.train.seed, epoch=0, drop_last=True)
+            component.prepare(s.model, ((_on_device(x, s.device, s.cfg.train.channels_last),
+                                        y.to(s.device)) for x, y in batches))
+
+
+def _check_resume(out: Path, last: Path, s: Setup, allow_changes: Collection[str]) -> dict[str, Any]:
+    """Check the checkpoint ``last`` against today's config and load the model's (and objectives') state from it;
+    the optimizers of its phase are restored when that phase starts. Returns the resume's record."""
     trained_with = _resolved_container(trained_config(out, read_extra_state(last), last), last)
     changes = check_resume_config(trained_with, OmegaConf.to_container(s.cfg, resolve=True), allow_changes,
                                   out=out, checkpoint=last)
-    epoch = load_checkpoint(last, model=_Both(s.model, s.distiller), optimizer=optimizer, scheduler=scheduler)["epoch"]
-    print(f"resuming {out} from {last.name} (epoch {epoch} of {s.cfg.train.epochs})")
+    epoch = load_checkpoint(last, model=_Both(s))["epoch"]
+    print(f"resuming {out} from {last.name} (epoch {epoch} of {s.epochs})")
     for key, change in changes.items():
         print(f"  config change, recorded in {RESUME_LOG}: {key}: {change['old']} → {change['new']}")
     return {"epoch": epoch, "checkpoint": last.name, "changes": changes}
@@ -210,9 +420,10 @@ def _begin(out: Path, s: Setup, resumed: dict[str, Any] | None, overwrite: bool)
               "test split (logged as test_acc)")
 
 
-def _finish(out: Path, s: Setup) -> dict[str, Any]:
-    """Evaluate on the test split; write ``metrics.json`` and the trained model (``config.json``, weights)."""
-    _precise_bn(s, s.cfg.train.epochs)
+def _finish(out: Path, s: Setup, keep: list[torch.nn.Module]) -> dict[str, Any]:
+    """Evaluate on the test split; write ``metrics.json`` and the trained model (``config.json``, weights).
+    ``keep``: the modules the last phase froze (precise BatchNorm leaves them alone)."""
+    _precise_bn(s, s.epochs, keep=keep)
     metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=s.cfg.data.eval_batch_size, device=s.device)
     metrics["split"] = "test"
     described = s.distiller.describe() if hasattr(s.distiller, "describe") else {}
@@ -249,45 +460,51 @@ def _tidy_interrupted_saves(out: Path) -> None:
         print(f"tidied {out} after an interrupted save: " + "; ".join(done))
 
 
-def _train_epoch(s: Setup, cfg: DictConfig, epoch: int, optimizer, scheduler, out: Path,
-                 progress: bool) -> dict[str, float]:
-    """One epoch of steps; returns the mean of each loss term."""
+def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, progress: bool) -> dict[str, float]:
+    """One epoch of steps of the phase ``run``; returns the mean of each loss term."""
     from tqdm.auto import tqdm
 
+    cfg, epoch, steps = s.cfg, state.epoch, s.steps_per_epoch
     s.model.train()
-    steps = s.steps_per_epoch
+    for module in run.held:  # frozen in this phase: BatchNorm statistics and dropout as in evaluation
+        module.eval()
+    sampler = s.phase_samplers.get(run.phase.index, s.sampler)
+    listeners = s.listeners(run.phase)
     batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
                               augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True)
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
     autocast = (torch.autocast(s.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
                 else contextlib.nullcontext())
     sums: dict[str, float] = {}
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress,
-               mininterval=1.0)
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress, mininterval=1.0)
     for step, (x, y) in enumerate(bar):
-        optimizer.zero_grad(set_to_none=True)
-        for p in plan_passes(s.sampler, x, y, epoch=epoch, num_epochs=cfg.train.epochs, generator=generator,
-                             progress=(epoch + step / steps) / cfg.train.epochs, num_members=s.model.num_members):
+        run.optimizer.zero_grad(set_to_none=True)
+        for p in plan_passes(sampler, x, y, epoch=epoch, num_epochs=s.epochs, generator=generator,
+                             progress=(epoch + step / steps) / s.epochs, num_members=s.model.num_members):
             with autocast:
                 try:
-                    terms = _loss_terms(s, cfg, p)
+                    terms = _loss_terms(s, run, p)
                 except NonFiniteInputError as error:  # name the batch: (train.seed, epoch, step) reproduce it
                     raise NonFiniteInputError(f"training batch at epoch {epoch + 1}, step {step + 1}: "
                                               f"{error}") from None
+            if not terms:  # e.g. only the combiner trains, and this pass does not run every member
+                continue
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
                     f"{epoch * steps + step + 1}; terms: {_fmt(terms)}). Training stopped; the last good "
-                    f"checkpoint is {latest_checkpoint(out) or 'none (no epoch finished)'}. Try a lower train.lr, "
-                    f"train.warmup_epochs or train.grad_clip.")
+                    f"checkpoint is {latest_checkpoint(state.out) or 'none (no epoch finished)'}. Try a lower "
+                    f"train.lr, train.warmup_epochs or train.grad_clip.")
             loss.backward()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
         if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
+            torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], cfg.train.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        state.step += 1
+        notify(listeners, "on_step_end", state)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(sums.values()) / (step + 1):.3f}", refresh=False)
     return {k: v / steps for k, v in sums.items()}
@@ -298,42 +515,50 @@ def _on_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
-def _precise_bn(s: Setup, epoch: int) -> None:
+def _precise_bn(s: Setup, epoch: int, keep: list[torch.nn.Module] = ()) -> None:
     """With ``train.precise_bn=N``: BatchNorm statistics recomputed on N training batches (this epoch's order, no
     augmentation, like the images evaluated) with the current weights, so an evaluation never sees statistics that
-    lag the weights (``batchnorm.py``). Stored in the model: checkpoints and the final weights carry them."""
+    lag the weights (``batchnorm.py``). Stored in the model: checkpoints and the final weights carry them. The
+    modules in ``keep`` (frozen in this phase) keep theirs."""
     if s.cfg.train.precise_bn:
         batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
                                   augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True)
         inputs = (_on_device(x, s.device, s.cfg.train.channels_last) for x, _ in batches)
-        used = precise_bn(s.model, inputs, s.cfg.train.precise_bn)
-        if used < s.cfg.train.precise_bn:
+        used = precise_bn(s.model, inputs, s.cfg.train.precise_bn, keep=keep)
+        if used is not None and used < s.cfg.train.precise_bn:
             warnings.warn(f"train.precise_bn={s.cfg.train.precise_bn}, but the training split holds {used} batches: "
                           f"BatchNorm statistics were estimated on {used}", stacklevel=1)
 
 
-def _loss_terms(s: Setup, cfg: DictConfig, p: Pass) -> dict[str, torch.Tensor]:
-    """The named loss terms of one pass: the distiller's, plus a trainable combiner's own on detached outputs of a
-    pass that runs every member on one batch."""
-    inputs = _on_device(p.inputs, s.device, cfg.train.channels_last)
+def _loss_terms(s: Setup, run: PhaseRun, p: Pass) -> dict[str, torch.Tensor]:
+    """The named loss terms of one pass: the phase's distiller's (when member parameters train), plus a trainable
+    combiner's own on detached outputs of a pass that runs every member on one batch. When no member parameter
+    trains, the members run without gradient and only the combiner learns."""
+    inputs = _on_device(p.inputs, s.device, s.cfg.train.channels_last)
     targets = p.targets.to(s.device, non_blocking=True)
-    outputs = s.model(inputs, members=p.members)
-    terms = s.distiller(outputs, targets, inputs=inputs, model=s.model)
-    if p.runs_all(s.model.num_members) and any(q.requires_grad for q in s.model.combiner.parameters()):
-        terms["combiner"] = s.model.combiner.loss(outputs.detach(), targets)
+    trains_combiner = run.combiner_trains and p.runs_all(s.model.num_members)
+    with contextlib.nullcontext() if run.members_train else torch.no_grad():
+        outputs = s.model.outputs(inputs, members=p.members, features=trains_combiner and s.model.combines_features)
+    terms = {}
+    if run.members_train:
+        distiller = s.phase_distillers.get(run.phase.index, s.distiller)
+        terms = distiller(outputs.logits, targets, inputs=inputs, model=s.model)
+    if trains_combiner:
+        terms["combiner"] = s.model.combiner_loss(outputs.detach(), targets)
     return terms
 
 
-def _log_epoch(s: Setup, cfg: DictConfig, out: Path, epoch: int, losses: dict[str, float], seconds: float,
-               lr: float) -> None:
+def _log_epoch(s: Setup, run: PhaseRun, out: Path, epoch: int, losses: dict[str, float], seconds: float) -> None:
     """Accuracy per budget on the validation split, or on the test split when none is held out (and then named
     so); one line to metrics.jsonl and one to the console."""
+    cfg, lr = s.cfg, run.scheduler.get_last_lr()[0]
     split = "val" if "val" in s.splits else "test"
-    _precise_bn(s, epoch)
+    _precise_bn(s, epoch, keep=run.held)
     measured = evaluate(s.model, s.splits[split], s.info, batch_size=cfg.data.eval_batch_size, device=s.device,
                         flops=False)
     steps = s.steps_per_epoch
-    record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
+    phase = {"phase": run.phase.name} if len(s.phases) > 1 else {}
+    record = {"epoch": epoch + 1, **phase, "lr": lr, "seconds": round(seconds, 2),
               "images_per_s": round(steps * cfg.train.batch_size / seconds, 1), "loss": losses,
               f"{split}_acc": {k: m["acc"] for k, m in measured["members"].items()}}
     with open(out / EPOCH_LOG, "a") as f:
@@ -343,20 +568,23 @@ def _log_epoch(s: Setup, cfg: DictConfig, out: Path, epoch: int, losses: dict[st
 
 
 class _Both(torch.nn.Module):
-    """Model and distiller saved as one state dict: a distiller may own trained parameters (discriminators)."""
+    """Model and objectives saved as one state dict: a distiller may own trained parameters (discriminators); a
+    phase with its own distiller adds it under ``phase_distillers``."""
 
-    def __init__(self, model: torch.nn.Module, distiller: torch.nn.Module):
+    def __init__(self, s: Setup):
         super().__init__()
-        self.model, self.distiller = model, distiller
+        self.model, self.distiller = s.model, s.distiller
+        if s.phase_distillers:
+            self.phase_distillers = torch.nn.ModuleDict({str(i): d for i, d in s.phase_distillers.items()})
 
 
-def _save(out: Path, epoch: int, s: Setup, optimizer, scheduler) -> None:
-    """Checkpoint the state after ``epoch`` with the resolved config (a resume checks it), then keep only the
-    newest ``train.keep_checkpoints``."""
+def _save(out: Path, epoch: int, s: Setup, run: PhaseRun) -> None:
+    """Checkpoint the state after ``epoch`` with the resolved config (a resume checks it) and the phase, then keep
+    only the newest ``train.keep_checkpoints``."""
     directory = out / CHECKPOINTS_DIR
-    state = {"epoch": epoch, "config": OmegaConf.to_container(s.cfg, resolve=True)}
-    save_checkpoint(directory / f"epoch-{epoch:04d}", model=_Both(s.model, s.distiller), optimizer=optimizer,
-                    scheduler=scheduler, extra_state=state)
+    state = {"epoch": epoch, "phase": run.phase.index, "config": OmegaConf.to_container(s.cfg, resolve=True)}
+    save_checkpoint(directory / f"epoch-{epoch:04d}", model=_Both(s), optimizer=run.optimizer,
+                    scheduler=run.scheduler, extra_state=state)
     for old in sorted(directory.glob("epoch-*"))[:-s.cfg.train.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -6,6 +6,7 @@ import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,6 +55,24 @@ def _as_index(value: Any) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class MemberOutputs:
+    """What the members of a self-ensemble return for one batch: their logits (M, B, C) and, when asked for
+    (``model.outputs(x, features=True)``), their penultimate features, one (B, d_k) tensor per member (widths may
+    differ between members). Combiners that declare ``consumes_features`` combine through both."""
+
+    logits: torch.Tensor
+    features: tuple[torch.Tensor, ...] | None = None
+
+    def first(self, k: int) -> MemberOutputs:
+        """The outputs of the first ``k`` members."""
+        return MemberOutputs(self.logits[:k], None if self.features is None else self.features[:k])
+
+    def detach(self) -> MemberOutputs:
+        return MemberOutputs(self.logits.detach(),
+                             None if self.features is None else tuple(f.detach() for f in self.features))
+
+
 class SelfEnsemble(nn.Module, ABC):
     """Several member networks in one module, sharing parameters and computation.
 
@@ -61,7 +80,9 @@ class SelfEnsemble(nn.Module, ABC):
     computes only what those members need; ``model(x, members=(2, 0))`` returns the listed members. ``model.predict(x,
     members=k)`` combines them into class probabilities (B, C) through ``model.combiner`` (assigning a combiner binds
     it to this model's member and class counts). Subclasses implement :meth:`forward_members` and may override
-    :meth:`forward_subset`.
+    :meth:`forward_subset`, :meth:`forward_features` (penultimate features, for combiners that consume them),
+    :meth:`parameter_groups` (named parameter groups a training phase can select) and :meth:`effective_cost` (a cost
+    that FLOP counting of the dense modules does not see, such as pruned weights).
 
     Inputs are checked before any module runs (:meth:`check_input`): images (B, in_chans, H, W) of the parameters'
     floating dtype (any floating dtype under an active ``torch.autocast``). Non-finite values are refused in training
@@ -183,6 +204,12 @@ class SelfEnsemble(nn.Module, ABC):
     def forward(self, x: torch.Tensor, members: int | Sequence[int] | None = None) -> torch.Tensor:
         """Logits (M, B, C) of the first ``members`` members (all when ``None``), or of the listed member indices
         in that order (a sampler that trains members on different batches passes e.g. ``members=(2,)``)."""
+        return self.outputs(x, members).logits
+
+    def outputs(self, x: torch.Tensor, members: int | Sequence[int] | None = None, *,
+                features: bool = False) -> MemberOutputs:
+        """The members' logits, as :meth:`forward` returns them, and with ``features=True`` their penultimate
+        features (:meth:`forward_features`). Inputs are checked (:meth:`check_input`) before any module runs."""
         indices = None
         if isinstance(members, Sequence) and not isinstance(members, (str, bytes)):
             indices = self.member_indices(members)
@@ -190,12 +217,32 @@ class SelfEnsemble(nn.Module, ABC):
         else:
             count = self.member_count(members)
         self.check_input(x)
+        if features and not self.has_features:
+            raise NotImplementedError(f"{type(self).__name__} does not expose its members' features (it does not "
+                                      "implement forward_features); use a combiner that takes logits only")
         if x.shape[0] == 0:  # evaluation mode (check_input refuses it in training): empty in, empty out
             dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-            return x.new_zeros((count, 0, self.num_classes), dtype=dtype)
+            empty = x.new_zeros((count, 0, self.num_classes), dtype=dtype)
+            return MemberOutputs(empty, self._empty_features(x, count, indices) if features else None)
+        if features:
+            return MemberOutputs(*self._features(x, count, indices))
         if indices is not None:
-            return self.forward_subset(x, indices)
-        return self.forward_members(x, count)
+            return MemberOutputs(self.forward_subset(x, indices))
+        return MemberOutputs(self.forward_members(x, count))
+
+    def _features(self, x: torch.Tensor, count: int,
+                  indices: tuple[int, ...] | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if indices is None:
+            logits, feats = self.forward_features(x, count)
+            return logits, tuple(feats)
+        logits, feats = self.forward_features(x, self.member_count(max(indices) + 1))
+        return logits[list(indices)], tuple(feats[i] for i in indices)
+
+    def _empty_features(self, x: torch.Tensor, count: int, indices: tuple[int, ...] | None) -> tuple[torch.Tensor, ...]:
+        """Empty (0, d_k) features of the members asked for: their widths from one image run in evaluation mode."""
+        with torch.no_grad():
+            _, feats = self._features(x.new_zeros((1, *x.shape[1:])), count, indices)
+        return tuple(f[:0] for f in feats)
 
     @abstractmethod
     def forward_members(self, x: torch.Tensor, members: int) -> torch.Tensor:
@@ -206,6 +253,55 @@ class SelfEnsemble(nn.Module, ABC):
         and selects; methods whose members are separate paths override it to compute only the listed ones."""
         return self.forward_members(x, self.member_count(max(indices) + 1))[list(indices)]
 
+    def forward_features(self, x: torch.Tensor, members: int) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        """Logits (members, B, C) of the first ``members`` members and their penultimate features, one (B, d_k)
+        tensor per member: what each member's last layer maps to its logits. Optional: a model that implements it
+        can be combined by combiners that consume features (a merge layer over the concatenated features)."""
+        raise NotImplementedError
+
+    @property
+    def has_features(self) -> bool:
+        """Whether this model implements :meth:`forward_features`."""
+        return type(self).forward_features is not SelfEnsemble.forward_features
+
+    @property
+    def combines_features(self) -> bool:
+        """Whether the combiner consumes the members' features (then combining needs ``outputs(features=True)``)."""
+        return getattr(self.combiner, "consumes_features", False)
+
+    def combine(self, outputs: MemberOutputs) -> torch.Tensor:
+        """Class probabilities (B, C) from the outputs of the first k members: the one path through which
+        ``predict``, training, evaluation and the zoo combine members."""
+        if self.combines_features:
+            return self.combiner(outputs.logits, features=self._required_features(outputs))
+        return self.combiner(outputs.logits)
+
+    def combiner_loss(self, outputs: MemberOutputs, targets: torch.Tensor) -> torch.Tensor:
+        """The combiner's own training loss on (detached) member outputs, through the same path as :meth:`combine`."""
+        if self.combines_features:
+            return self.combiner.loss(outputs.logits, targets, features=self._required_features(outputs))
+        return self.combiner.loss(outputs.logits, targets)
+
+    def _required_features(self, outputs: MemberOutputs) -> tuple[torch.Tensor, ...]:
+        if outputs.features is None:
+            raise ValueError(f"the {type(self.combiner).__name__} combiner consumes the members' features: get the "
+                             "outputs with model.outputs(x, features=True)")
+        return outputs.features
+
     def predict(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
         """Combined class probabilities (B, C) of the first ``members`` members."""
-        return self.combiner(self(x, members))
+        return self.combine(self.outputs(x, members, features=self.combines_features))
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Named groups of parameter names that a training phase can select by name (``trains: [members]``):
+        ``combiner`` (the combiner's own parameters) and ``members`` (everything else). Models add their own
+        groups (a head, one group per member, ...) by extending this dict."""
+        names = [n for n, _ in self.named_parameters()]
+        return {"members": [n for n in names if not n.startswith("combiner.")],
+                "combiner": [n for n in names if n.startswith("combiner.")]}
+
+    def effective_cost(self, members: int) -> dict[str, int] | None:
+        """The cost of the first ``members`` members as the model counts it (``{"flops": per image, "params":}``)
+        when FLOP counting of its dense modules overstates it (e.g. pruned weights that are zero); None (the
+        default): the dense count is the cost. Reported in ``metrics.json`` beside the dense count."""
+        return None

@@ -15,9 +15,10 @@ def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size
              device: torch.device | str = "cpu", flops: bool = True, progress: bool = False) -> dict[str, Any]:
     """Metrics of ``model`` on ``split`` for each budget in ``model.budgets()``.
 
-    All members run once per batch; a budget of ``k`` members combines the first ``k`` member outputs, which is what
-    ``model.predict(x, members=k)`` computes. FLOPs are per image, measured for each budget with
-    ``torch.utils.flop_counter``.
+    All members run once per batch; a budget of ``k`` members combines the first ``k`` member outputs through
+    ``model.combine`` (on the model's device), which is what ``model.predict(x, members=k)`` computes. FLOPs are per
+    image, measured for each budget with ``torch.utils.flop_counter``; a model that reports its own cost
+    (``effective_cost``, e.g. pruned weights) gets it beside them as ``effective_flops`` and ``effective_params``.
 
     Non-finite images or logits are refused (a ValueError naming the images' indices in ``split``) rather than scored:
     NaN probabilities would turn NLL, ECE and Brier into NaN and count as wrong answers in accuracy. An empty split is
@@ -37,16 +38,21 @@ def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size
         x, y = x.to(device), y.to(device)
         _refuse_non_finite(x, start, f"are non-finite after normalisation with mean {info.mean} and std {info.std}",
                            "fix the data or the normalisation (a std of 0 divides by zero)")
-        logits = model(x).float()
+        outputs = model.outputs(x, features=model.combines_features)
+        logits = outputs.logits.float()
         _refuse_non_finite(logits.transpose(0, 1), start, "got non-finite logits although they are finite",
                            "the model's weights are probably NaN or inf (a diverged run?)")
-        acc.update(logits.cpu(), y.cpu(), model.combiner)
+        acc.update(logits.cpu(), y.cpu(), lambda first, outputs=outputs: model.combine(outputs.first(len(first))).cpu())
         start += len(x)
     result = acc.compute()
     if flops:
         example = torch.zeros(1, *info.input_size, device=device)
         for k in budgets:
             result["members"][str(k)]["flops"] = count_flops(model, example, members=k)
+            effective = model.effective_cost(k)
+            if effective:
+                result["members"][str(k)]["effective_flops"] = effective["flops"]
+                result["effective_params"] = effective["params"]  # the last budget's: every member
     result["params"] = count_params(model)
     result["num_samples"] = len(split)
     if split.cut_from is not None:  # a seeded cut of a larger split (data.subset, --subset): of how many

@@ -1,17 +1,24 @@
-"""Build registered things by name: models, components (combiners, distillers, samplers), backbone splits.
+"""Build registered things by name: models, components (combiners, distillers, samplers, callbacks), optimizers,
+schedules, backbone splits.
 
 The registries come from the plugins; pretrained weights are one layer up (``api``, ``zoo``)."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
+import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from .backbones import BackboneAdapter, BackboneError, BackboneParts, create_timm
 from .combiners import Combiner
+from .config import ConfigError
 from .ensemble import SelfEnsemble, positive_int
 from .plugins import registries
+from .registry import UnknownNameError
+from .schedules import Schedule
 
 
 def check_arguments(what: str, func: Any, kwargs: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
@@ -27,7 +34,8 @@ def check_arguments(what: str, func: Any, kwargs: dict[str, Any], skip: tuple[st
 
 
 def build_component(kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
-    """Instantiate a registered combiner / distiller / sampler by name with checked options."""
+    """Instantiate a registered component (combiner, distiller, sampler, callback, schedule) by name with checked
+    options."""
     registry = getattr(registries(), kind)
     cls = registry.get(name)
     options = dict(options or {})
@@ -35,10 +43,78 @@ def build_component(kind: str, name: str, options: dict[str, Any] | None = None)
     return cls(**options)
 
 
+def _set_apart(factory: Any) -> tuple[str, ...]:
+    """An optimizer factory's arguments that are not its ``args``: the parameter groups (its first) and ``lr``."""
+    return next(iter(inspect.signature(factory).parameters), ""), "lr"
+
+
+def build_optimizer(name: str, groups: list[dict], *, lr: float,
+                    args: Mapping[str, Any] = {}) -> torch.optim.Optimizer:
+    """The registered optimizer ``name`` over the parameter ``groups`` at base learning rate ``lr``. An unknown name
+    is an :class:`~selfens_core.registry.UnknownNameError` listing the registered ones, an argument the optimizer
+    does not take a TypeError naming it and those it takes."""
+    return check_optimizer(name, args)(groups, lr=lr, **args)
+
+
+def optimizer_defaults(name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The defaults the registered optimizer ``name`` gives those of ``keys`` it takes as arguments."""
+    params = inspect.signature(registries().optimizers.get(name)).parameters
+    return {k: params[k].default for k in keys if k in params and params[k].default is not inspect.Parameter.empty}
+
+
+def check_optimizer(name: str, args: Mapping[str, Any] = {}) -> Any:
+    """The factory of the registered optimizer ``name``, once ``args`` are checked against it (errors as
+    :func:`build_optimizer`'s)."""
+    factory = registries().optimizers.get(name)
+    check_arguments(f"optimizer {name!r}", factory, dict(args), skip=_set_apart(factory))
+    return factory
+
+
+def build_schedule(name: str, args: Mapping[str, Any] = {}) -> Schedule:
+    """The registered learning-rate schedule ``name`` built with ``args``; errors as :func:`build_optimizer`'s."""
+    return build_component("schedules", name, dict(args))
+
+
+# Optimizer arguments the train section sets with keys of their own, never in train.optimizer_args.
+_SET_ELSEWHERE = {"lr": "train.lr", "weight_decay": "train.weight_decay (per parameter group)"}
+
+
+def check_train_config(train: DictConfig) -> None:
+    """The ``train`` section's optimizer and schedule: registered names, and arguments they take (``momentum`` and
+    ``nesterov`` when set, ``optimizer_args``, ``schedule_args``). Each problem is a :class:`ConfigError` naming its
+    key, before anything is built; values are checked when the optimizer and the schedule are built."""
+    for key, where in _SET_ELSEWHERE.items():
+        if key in train.optimizer_args:
+            raise ConfigError(f"config key 'train.optimizer_args.{key}' cannot be set: it is {where}")
+    found = {}
+    for kind in ("optimizer", "schedule"):
+        try:
+            found[kind] = getattr(registries(), f"{kind}s").get(train[kind])
+        except UnknownNameError as error:
+            raise ConfigError(f"config key 'train.{kind}': {error}") from None
+    what, skip = f"optimizer {train.optimizer!r}", (*_set_apart(found["optimizer"]), *_SET_ELSEWHERE)
+    checks = [("train.optimizer_args", what, found["optimizer"], train.optimizer_args, skip, ""),
+              ("train.schedule_args", f"schedule {train.schedule!r}", found["schedule"], train.schedule_args, (), "")]
+    for key in ("momentum", "nesterov"):  # null: the optimizer's own default
+        if train[key] is not None:
+            if key in train.optimizer_args:
+                raise ConfigError(f"config keys 'train.{key}' and 'train.optimizer_args.{key}' are both set; set one")
+            checks.append((f"train.{key}", what, found["optimizer"], {key: train[key]}, skip, "; leave it null"))
+    for key, what, func, args, skip, hint in checks:
+        try:
+            check_arguments(what, func, dict(args), skip=skip)
+        except TypeError as error:
+            raise ConfigError(f"config key {key!r}: {error}{hint}") from None
+
+
+RECIPE_KEYS = ("distiller", "combiner", "sampler", "phases", "callbacks")
+
+
 def recipe_defaults(name: str) -> dict[str, Any]:
-    """The default distiller / combiner / sampler names a model's plugin registered for it."""
+    """The training recipe a model's plugin registered for it: default distiller / combiner / sampler names, and
+    ``phases`` and ``callbacks`` (lists of config mappings, as under ``phases:`` and ``callbacks:`` in a config)."""
     entry, _ = registries().models.resolve(name)
-    return {k: entry.options[k] for k in ("distiller", "combiner", "sampler") if k in entry.options}
+    return {k: entry.options[k] for k in RECIPE_KEYS if k in entry.options}
 
 
 def build_model(name: str, *, num_classes: int, in_chans: int = 3, combiner: str | Combiner | None = None,

@@ -70,3 +70,29 @@ def register_zoo_sources(register):
     """Register zoo sources: ``register(name, directory)`` where ``directory`` (an existing ``str`` or ``Path``) holds
     zoo entries, one sub-folder per entry with its ``manifest.json`` and optionally the bundled files. Called when the
     zoo is first listed or loaded."""
+
+
+@hookspec
+def register_optimizers(register):
+    """Register optimizers: ``register(name, factory)`` where ``factory(param_groups, lr=..., **args)`` returns a
+    ``torch.optim.Optimizer`` (a ``torch.optim`` class fits as it is). ``args`` come from the config's
+    ``train.optimizer_args`` (and ``train.momentum`` / ``train.nesterov`` when set); weight decay comes with each
+    parameter group."""
+
+
+@hookspec
+def register_schedules(register):
+    """Register learning-rate schedules: ``register(name, cls)``; ``cls(**args)`` (``args`` from
+    ``train.schedule_args``) has ``__call__(step, total_steps, steps_per_epoch) -> float``, the multiplier of the base
+    learning rate at 0-based ``step`` of a phase of ``total_steps`` steps, a pure function of the step so that a
+    resumed run continues exactly. A cyclic schedule may add ``minima(total_steps, steps_per_epoch) -> list[int]``,
+    the counts of steps done at which a cycle reaches its minimum (where snapshots are taken). Linear warm-up
+    (``train.warmup_epochs``) precedes any schedule."""
+
+
+@hookspec
+def register_callbacks(register):
+    """Register training callbacks: ``register(name, cls)``; ``cls(**args)`` (``args`` from the config's
+    ``callbacks:`` entry) is an object with some of the methods of :class:`selfens_core.callbacks.Callback`, which
+    the engine calls at fixed points of a run with its state (model, optimizers, phase and schedule, step, run
+    directory)."""

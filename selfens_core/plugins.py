@@ -40,6 +40,9 @@ HOOK_REGISTRIES = {  # each hook → the Registries field its registrations fill
     "register_samplers": "samplers",
     "register_backbone_adapters": "backbone_adapters",
     "register_zoo_sources": "zoo_sources",
+    "register_optimizers": "optimizers",
+    "register_schedules": "schedules",
+    "register_callbacks": "callbacks",
 }
 
 
@@ -70,6 +73,9 @@ class Registries:
     samplers: Registry = field(default_factory=lambda: Registry("sampler"))
     backbone_adapters: Registry = field(default_factory=lambda: Registry("backbone adapter"))
     zoo_sources: Registry = field(default_factory=lambda: Registry("zoo source"))
+    optimizers: Registry = field(default_factory=lambda: Registry("optimizer"))
+    schedules: Registry = field(default_factory=lambda: Registry("schedule"))
+    callbacks: Registry = field(default_factory=lambda: Registry("callback"))
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # failures that belong to no plugin (SELFENS_DISABLE_PLUGINS)
 
@@ -292,7 +298,7 @@ def _directory(obj: Any) -> str | None:
     return None
 
 
-MODEL_OPTIONS = ("description", "distiller", "combiner", "sampler")
+MODEL_OPTIONS = ("description", "distiller", "combiner", "sampler", "phases", "callbacks")
 
 
 @dataclass(frozen=True)
@@ -313,6 +319,10 @@ EXPECTS = {
     "register_samplers": _Expects(_factory("a Sampler class", "cls(**sampler.args)")),
     "register_backbone_adapters": _Expects(_adapter),
     "register_zoo_sources": _Expects(_directory),
+    "register_optimizers": _Expects(_factory("an optimizer class or factory",
+                                             "factory(param_groups, lr=..., **train.optimizer_args)")),
+    "register_schedules": _Expects(_factory("a schedule class", "cls(**train.schedule_args)")),
+    "register_callbacks": _Expects(_factory("a callback class", "cls(**args)")),
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -38,8 +39,10 @@ CONFIG_YAML, EPOCH_LOG, RESUME_LOG = "config.yaml", "metrics.jsonl", "resumes.js
 # A trained model (also a zoo entry's copy); config.json and model.safetensors are pretrained.py's names.
 FINISHED_FILES = ("metrics.json", "config.json", "model.safetensors", "manifest.json")
 RUN_FILES = (CONFIG_YAML, EPOCH_LOG, RESUME_LOG, *FINISHED_FILES)
-# Restored with the optimizer's state on --resume (param groups' lr, momentum, weight decay; the schedule's base lr).
-OPTIMIZER_STATE_KEYS = {"train.optimizer", "train.lr", "train.momentum", "train.nesterov", "train.weight_decay"}
+# Restored with the optimizer's state on --resume (param groups' lr, momentum, weight decay and the optimizer's other
+# arguments; the schedule's base lr), with every key under them (train.optimizer_args.betas).
+OPTIMIZER_STATE_KEYS = {"train.optimizer", "train.optimizer_args", "train.lr", "train.momentum", "train.nesterov",
+                        "train.weight_decay"}
 ABSENT = "<absent>"  # the value of a config key one of two compared configs lacks
 
 # Config keys a resume may change without changing the result (the change is still recorded).
@@ -308,7 +311,8 @@ def check_resume_config(trained_with: dict[str, Any], now: dict[str, Any], allow
 
 def _restored_from_optimizer_state(key: str) -> bool:
     """Keys whose values a resumed optimizer takes from its checkpointed state, not from the config."""
-    return key in OPTIMIZER_STATE_KEYS or key.endswith(".args.lr")
+    return (any(key == k or key.startswith(f"{k}.") for k in OPTIMIZER_STATE_KEYS) or key.endswith(".args.lr")
+            or re.match(r"phases\.\d+\.(optimizer|optimizers|lr|weight_decay|optimizer_args)(\.|$)", key) is not None)
 
 
 def trained_config(out: Path, extra_state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
@@ -356,9 +360,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in tree.items():
-        if isinstance(value, dict):
+def _flatten(tree: dict[str, Any] | list[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` for every leaf; the entries of a list of sections by index (``phases.1.lr``), a list
+    of values as one value (``train.milestones``)."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in items:
+        if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value

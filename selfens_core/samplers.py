@@ -90,3 +90,21 @@ class ShuffledPerMember(Sampler):
             chosen = torch.randperm(len(xs), generator=generator)[: len(inputs)]
             passes.append(Pass(xs[chosen], ys[chosen], (member,)))
         return passes
+
+
+class Listed(Sampler):
+    """Only the listed members train, on the same batch in one pass (``members=[-1]``: the last member; negative
+    indices count from the end). For runs whose other members are filled otherwise, e.g. by a callback that copies
+    snapshots of the trained member into them."""
+
+    def __init__(self, members: Sequence[int]):
+        if isinstance(members, (int, str)) or not members:
+            raise ValueError(f"members must be a non-empty list of member indices, got {members!r}")
+        self.members = [int(m) for m in members]
+
+    def plan(self, inputs, targets, *, num_members):
+        indices = [m % num_members if -num_members <= m < num_members else None for m in self.members]
+        if None in indices:
+            raise ValueError(f"sampler 'listed': members {self.members} out of range for a model of {num_members} "
+                             "members")
+        return [Pass(inputs, targets, tuple(indices))]

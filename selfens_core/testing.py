@@ -128,22 +128,42 @@ def check_forward(model: SelfEnsemble, image_size: int | None = None) -> None:
 
 
 @_named
+def check_features(model: SelfEnsemble, image_size: int | None = None) -> None:
+    """A model that implements ``forward_features`` returns, with the same logits as ``forward``, one (B, d) tensor
+    of features per member, for every budget and for listed members (nothing to check for a model without)."""
+    if not model.has_features:
+        return
+    model.eval()
+    x = _images(model, 3, image_size)
+    with torch.no_grad():
+        for members in (*model.budgets(), (model.num_members - 1,)):
+            outputs = model.outputs(x, members, features=True)
+            torch.testing.assert_close(outputs.logits, model(x, members), rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, k=members: f"members={k}: logits with features differ: {m}")
+            assert len(outputs.features) == len(outputs.logits), (
+                f"members={members}: {len(outputs.features)} feature tensors for {len(outputs.logits)} members")
+            for i, f in enumerate(outputs.features):
+                assert f.ndim == 2 and f.shape[0] == 3, (
+                    f"members={members}: member {i}'s features are shaped {tuple(f.shape)}, expected (batch, width)")
+
+
+@_named
 def check_batch_independence(model: SelfEnsemble, image_size: int | None = None) -> None:
     """In evaluation mode each image's logits and probabilities are the same alone as within a batch (a model that
     normalises across the batch, or uses BatchNorm batch statistics in eval mode, fails)."""
     model.eval()
     x = _images(model, 3, image_size)
     with torch.no_grad():
-        together = model(x)
-        probs = model.combiner(together)
+        together = model.outputs(x, features=model.combines_features)
+        probs = model.combine(together)
         for i in (0, len(x) - 1):
-            alone = model(x[i:i + 1])
+            alone = model.outputs(x[i:i + 1], features=model.combines_features)
             torch.testing.assert_close(
-                alone, together[:, i:i + 1], rtol=1e-4, atol=1e-4,
+                alone.logits, together.logits[:, i:i + 1], rtol=1e-4, atol=1e-4,
                 msg=lambda m, i=i: f"image {i}'s eval-mode logits differ alone and within a batch of {len(x)}: the "
                                    f"model mixes the images of a batch: {m}")
             torch.testing.assert_close(
-                model.combiner(alone), probs[i:i + 1], rtol=1e-4, atol=1e-5,
+                model.combine(alone), probs[i:i + 1], rtol=1e-4, atol=1e-5,
                 msg=lambda m, i=i: f"image {i}'s eval-mode probabilities differ alone and within a batch of "
                                    f"{len(x)}: the combiner mixes the images of a batch: {m}")
 
@@ -189,11 +209,12 @@ def check_backward(model: SelfEnsemble, image_size: int | None = None) -> None:
     engine trains it) gives every trainable parameter a gradient."""
     model.train()
     model.zero_grad(set_to_none=True)
-    out = model(_images(model, 4, image_size))
+    outputs = model.outputs(_images(model, 4, image_size), features=model.combines_features)
+    out = outputs.logits
     targets = torch.randint(0, model.num_classes, (4,))
     loss = F.cross_entropy(out.flatten(0, 1), targets.repeat(out.shape[0]))
     if any(p.requires_grad for p in model.combiner.parameters()):
-        loss = loss + model.combiner.loss(out.detach(), targets)
+        loss = loss + model.combiner_loss(outputs.detach(), targets)
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient reached {missing[:5]}"
@@ -232,6 +253,6 @@ def check_eval_metrics(model: SelfEnsemble) -> None:
         assert PER_BUDGET_METRICS <= set(values), f"members={k}: missing {PER_BUDGET_METRICS - set(values)}"
 
 
-CHECKS = (check_forward, check_batch_independence, check_prefix_cost, check_backward, check_save_load,
+CHECKS = (check_forward, check_features, check_batch_independence, check_prefix_cost, check_backward, check_save_load,
           check_eval_metrics)
 """Every check :func:`check_model_contract` runs, in order; each takes a built model."""

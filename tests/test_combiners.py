@@ -98,11 +98,12 @@ def test_models_size_the_combiner_they_are_given():
 
 def test_engine_trains_a_combiner_on_detached_outputs_of_all_member_passes():
     model = selfens_core.create("hne-resnet-small", num_classes=3, in_chans=1, num_members=2, combiner="stacking")
-    s = types.SimpleNamespace(model=model, distiller=Independent(), device=torch.device("cpu"))
-    cfg = OmegaConf.create({"train": {"channels_last": False}})
+    s = types.SimpleNamespace(model=model, distiller=Independent(), device=torch.device("cpu"), phase_distillers={},
+                              cfg=OmegaConf.create({"train": {"channels_last": False}}))
+    run = types.SimpleNamespace(members_train=True, combiner_trains=True, phase=types.SimpleNamespace(index=0))
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 3, (4,))
-    terms = engine._loss_terms(s, cfg, Pass(x, y, None))
+    terms = engine._loss_terms(s, run, Pass(x, y, None))
     terms["combiner"].backward()
     assert model.combiner.weight.grad is not None
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("combiner."))
-    assert "combiner" not in engine._loss_terms(s, cfg, Pass(x, y, (1,)))  # one member: nothing to stack
+    assert "combiner" not in engine._loss_terms(s, run, Pass(x, y, (1,)))  # one member: nothing to stack

@@ -108,6 +108,31 @@ def test_each_broken_model_fails_the_check_that_names_its_fault(tiny_models, nam
         getattr(testing, check)(model)
 
 
+class WithFeatures(Tiny):
+    """Exposes each head's input as that member's features."""
+
+    def forward_features(self, x, members):
+        features = self.features(x)
+        return torch.stack([head(features) for head in self.heads[:members]]), [features] * members
+
+
+class FeaturesOfOneMember(WithFeatures):
+    def forward_features(self, x, members):
+        logits, features = super().forward_features(x, members)
+        return logits, features[:1]
+
+
+def test_features_are_checked_and_combined_through_the_model():
+    model = WithFeatures(num_classes=5, in_chans=1, num_members=3)
+    testing.check_features(model)
+    outputs = model.outputs(torch.randn(2, 1, 8, 8), (2, 0), features=True)
+    assert outputs.logits.shape == (2, 2, 5) and [f.shape for f in outputs.features] == [(2, 4), (2, 4)]
+    with pytest.raises(AssertionError, match=r"^check_features: members=2: 1 feature tensors for 2 members"):
+        testing.check_features(FeaturesOfOneMember(num_classes=5, in_chans=1, num_members=3))
+    with pytest.raises(NotImplementedError, match="Tiny does not expose its members' features"):
+        Tiny(num_classes=5, in_chans=1).outputs(torch.randn(2, 1, 8, 8), features=True)
+
+
 def test_the_broken_models_pass_the_checks_before_the_one_that_catches_them():
     """Each new check catches what no other check did: slicing passes check_forward (the values are right), and a
     batch-mixing model passes check_forward and check_prefix_cost."""
@@ -128,5 +153,5 @@ def test_every_assertion_of_a_check_starts_with_its_name():
     with pytest.raises(AssertionError, match=r"^check_forward: members=1 differs from a full pass's first 1"):
         testing.check_forward(NotAPrefix(num_classes=5, in_chans=1))
     assert [c.__name__ for c in testing.CHECKS] == [
-        "check_forward", "check_batch_independence", "check_prefix_cost", "check_backward", "check_save_load",
-        "check_eval_metrics"]
+        "check_forward", "check_features", "check_batch_independence", "check_prefix_cost", "check_backward",
+        "check_save_load", "check_eval_metrics"]

@@ -141,12 +141,25 @@ class _EveryHook:
     def register_zoo_sources(self, register):
         register("acme-zoo", self.zoo_dir)
 
+    @hookimpl
+    def register_optimizers(self, register):
+        register("acme_optimizer", dict)
+
+    @hookimpl
+    def register_schedules(self, register):
+        register("acme_schedule", dict)
+
+    @hookimpl
+    def register_callbacks(self, register):
+        register("acme_callback", dict)
+
 
 def test_every_hook_registers_into_its_registry(isolated_registries, tmp_path):
     regs = isolated_registries(acme=_EveryHook(tmp_path))
     assert regs.registered_by("acme") == {
         "models": ["acme-<name>", "acme-net"], "combiners": ["acme_combiner"], "distillers": ["acme_distiller"],
-        "samplers": ["acme_sampler"], "backbone_adapters": ["acme_adapter"], "zoo_sources": ["acme-zoo"]}
+        "samplers": ["acme_sampler"], "backbone_adapters": ["acme_adapter"], "zoo_sources": ["acme-zoo"],
+        "optimizers": ["acme_optimizer"], "schedules": ["acme_schedule"], "callbacks": ["acme_callback"]}
     assert regs.plugins["acme"].hooks == sorted(plugins.HOOK_REGISTRIES)
     entry = regs.combiners.entry("acme_combiner")
     assert (entry.plugin, entry.version, entry.builtin) == ("acme", None, False)  # in-process: no distribution
@@ -363,7 +376,7 @@ def test_disabling_an_unknown_plugin_names_the_close_match_and_the_plugins(monke
     regs = plugins.Registries()
     with pytest.warns(UserWarning, match=r"SELFENS_DISABLE_PLUGINS: 'deep-ensemble' is no installed plugin, so nothing "
                                          r"was disabled for it \(did you mean 'deep_ensemble'\?\)\. Plugins, by "
-                                         r"entry-point name: deep_ensemble, hne, ienet, meal, zoo"):
+                                         r"entry-point name: deep_ensemble, hne, ienet, meal, supernet, zoo"):
         plugins.make_plugin_manager(regs)
     assert not regs.plugins["deep_ensemble"].disabled and len(regs.problems) == 1
     monkeypatch.setenv("SELFENS_STRICT_PLUGINS", "1")
@@ -498,6 +511,23 @@ def test_register_refuses_an_instance_for_distillers_and_samplers(isolated_regis
     plugin = types.SimpleNamespace(**{hook: hookimpl(lambda register: register("acme", cls()))})
     with pytest.raises(plugins.PluginError, match=rf"{hook}: register\('acme', ...\) takes a {base} class .*not an "
                                                   rf"instance of {base}: register the class itself \({base}\)"):
+        isolated_registries(acme=plugin)
+
+
+@pytest.mark.parametrize(("hook", "takes"), [
+    ("register_optimizers", r"an optimizer class or factory \(a class or factory function, called as "
+                            r"factory\(param_groups, lr=\.\.\., \*\*train\.optimizer_args\)\)"),
+    ("register_schedules", r"a schedule class \(a class or factory function, called as "
+                           r"cls\(\*\*train\.schedule_args\)\)"),
+    ("register_callbacks", r"a callback class \(a class or factory function, called as cls\(\*\*args\)\)"),
+])
+def test_register_refuses_an_instance_for_optimizers_schedules_and_callbacks(isolated_registries, hook, takes):
+    class Acme:
+        pass
+
+    plugin = types.SimpleNamespace(**{hook: hookimpl(lambda register: register("acme", Acme()))})
+    with pytest.raises(plugins.PluginError, match=rf"{hook}: register\('acme', ...\) takes {takes}, not an instance "
+                                                  r"of .*Acme: register the class itself"):
         isolated_registries(acme=plugin)
 
 

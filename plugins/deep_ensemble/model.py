@@ -21,6 +21,16 @@ class DeepEnsemble(SelfEnsemble):
     def forward_members(self, x: torch.Tensor, members: int) -> torch.Tensor:
         return torch.stack([net(x) for net in self.networks[:members]])
 
+    def forward_subset(self, x: torch.Tensor, indices: tuple[int, ...]) -> torch.Tensor:
+        return torch.stack([self.networks[i](x) for i in indices])
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Adds ``member<i>``: one group per network (a phase can train each with its own optimizer)."""
+        groups = super().parameter_groups()
+        for i, net in enumerate(self.networks):
+            groups[f"member{i}"] = [f"networks.{i}.{n}" for n, _ in net.named_parameters()]
+        return groups
+
 
 class OneMember(nn.Module):
     """A one-member SelfEnsemble seen as a plain network: images → logits (B, C)."""

@@ -1,0 +1,198 @@
+"""The training lifecycle: phases, frozen modules, several optimizers, callbacks, prepare, resume mid-phase."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from selfens_core import engine
+from selfens_core.config import ConfigError, load_config
+from selfens_core.hookspecs import hookimpl
+
+TINY = ["model.name=hne-resnet-small", "model.args.num_members=2", "data.name=digits", "data.subset=96",
+        "train.batch_size=32", "train.lr=0.05", "data.eval_batch_size=64", "combiner.name=stacking"]
+# members for one epoch, then the stacking combiner alone for two (members frozen)
+TWO_PHASES = {"phases": [{"name": "members", "epochs": 1, "trains": ["members"]},
+                         {"name": "merge", "epochs": 2, "trains": ["combiner"], "optimizer": "adam", "lr": 0.01}]}
+
+
+def _train(out: Path, extra: dict | None = None, *overrides: str, **options):
+    cfg = load_config(None, [*TINY, *overrides])
+    if extra:
+        cfg = OmegaConf.merge(cfg, extra)
+    return engine.train(cfg, out, progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def two_phases(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("phases") / "run"
+    _train(run, TWO_PHASES, "train.precise_bn=2", "train.keep_checkpoints=3")
+    return run
+
+
+def test_frozen_members_keep_weights_and_batchnorm_statistics_while_the_combiner_trains(two_phases):
+    after_members = load_file(two_phases / "checkpoints" / "epoch-0001" / "model.safetensors")
+    final = load_file(two_phases / "model.safetensors")
+    members = [k for k in final if not k.startswith("combiner.")]
+    assert any("running_mean" in k for k in members)  # BatchNorm buffers are among the compared tensors
+    changed = [k for k in members if not torch.equal(final[k], after_members["model." + k])]
+    assert not changed, f"frozen members changed during the combiner phase: {changed[:5]}"
+    assert not torch.equal(final["combiner.weight"], after_members["model.combiner.weight"])
+
+
+def test_each_epoch_record_names_its_phase(two_phases):
+    records = [OmegaConf.create(line) for line in (two_phases / "metrics.jsonl").read_text().splitlines()]
+    assert [r.phase for r in records] == ["members", "merge", "merge"]
+
+
+def test_resume_in_the_middle_of_a_later_phase_ends_bit_identical(two_phases, tmp_path, monkeypatch):
+    save = engine._save
+
+    def killed_after_epoch_two(out, epoch, *args):
+        save(out, epoch, *args)
+        if epoch == 2:  # in the middle of the merge phase
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_save", killed_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "run", TWO_PHASES, "train.precise_bn=2", "train.keep_checkpoints=3")
+    monkeypatch.setattr(engine, "_save", save)
+    _train(tmp_path / "run", TWO_PHASES, "train.precise_bn=2", "train.keep_checkpoints=3", resume=True)
+    a, b = load_file(two_phases / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Recorder:
+    """A callback recording every event as (event, phase name, epoch, step)."""
+
+    events: list[tuple] = []
+
+    def __init__(self, tag: str = ""):
+        self.tag = tag
+
+    def prepare(self, model, batches):
+        x, y = next(iter(batches))
+        _Recorder.events.append(("prepare", tuple(x.shape), str(x.device)))
+
+    def _record(self, event, state):
+        _Recorder.events.append((event, state.phase.name, state.epoch, state.step, state.phase_step))
+
+    def on_train_start(self, state):
+        self._record("train_start", state)
+
+    def on_phase_start(self, state):
+        self._record("phase_start", state)
+
+    def on_epoch_end(self, state):
+        self._record("epoch_end", state)
+
+    def on_phase_end(self, state):
+        self._record("phase_end", state)
+
+
+class _RecorderPlugin:
+    @hookimpl
+    def register_callbacks(self, register):
+        register("recorder", _Recorder)
+
+
+def test_callbacks_see_every_event_in_order_and_prepare_runs_once_before_training(tmp_path, register_plugin):
+    register_plugin(_RecorderPlugin(), "recorder-plugin")
+    _Recorder.events = []
+    _train(tmp_path / "run", {**TWO_PHASES, "callbacks": [{"name": "recorder"}]})
+    steps = 3  # 96 images, batches of 32
+    assert _Recorder.events == [
+        ("prepare", (32, 1, 8, 8), "cpu"),
+        ("train_start", "members", 0, 0, 0),
+        ("phase_start", "members", 0, 0, 0),
+        ("epoch_end", "members", 0, steps, steps),
+        ("phase_end", "members", 0, steps, steps),
+        ("phase_start", "merge", 1, steps, 0),
+        ("epoch_end", "merge", 1, 2 * steps, steps),
+        ("epoch_end", "merge", 2, 3 * steps, 2 * steps),
+        ("phase_end", "merge", 2, 3 * steps, 2 * steps),
+    ]
+
+
+def test_a_resume_neither_prepares_again_nor_restarts_the_phase(tmp_path, register_plugin, monkeypatch):
+    register_plugin(_RecorderPlugin(), "recorder-plugin")
+    save = engine._save
+
+    def killed_after_epoch_two(out, epoch, *args):
+        save(out, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_save", killed_after_epoch_two)
+    config = {**TWO_PHASES, "callbacks": [{"name": "recorder"}]}
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "run", config)
+    monkeypatch.setattr(engine, "_save", save)
+    _Recorder.events = []
+    _train(tmp_path / "run", config, resume=True)
+    assert [e[0] for e in _Recorder.events] == ["train_start", "epoch_end", "phase_end"]
+
+
+def test_one_optimizer_per_member(tmp_path, register_plugin):
+    seen = {}
+
+    class Types:
+        def on_phase_start(self, state):
+            seen["optimizers"] = [type(o).__name__ for o in state.optimizers]
+
+    class Plugin:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("types", Types)
+
+    register_plugin(Plugin(), "types-plugin")
+    config = {"callbacks": [{"name": "types"}], "phases": [{"epochs": 1, "optimizers": [
+        {"params": ["member0"], "optimizer": "sgd", "lr": 0.05},
+        {"params": ["member1"], "optimizer": "adam", "lr": 0.001}]}]}
+    _train(tmp_path / "run", config, "model.name=deep-ensemble-hne-resnet-small", "combiner.name=mean_logits")
+    assert seen["optimizers"] == ["SGD", "Adam"]
+
+
+def test_optimizers_must_split_what_the_phase_trains(tmp_path):
+    config = {"phases": [{"epochs": 1, "optimizers": [{"params": ["member0"]}]}]}
+    with pytest.raises(ConfigError, match=r"phases\[0\].optimizers: .* in no optimizer"):
+        _train(tmp_path / "run", config, "model.name=deep-ensemble-hne-resnet-small", "combiner.name=mean_logits")
+
+
+def test_a_selector_that_picks_nothing_names_the_key_and_the_groups(tmp_path):
+    with pytest.raises(ConfigError, match=r"phases\[0\].trains.*'head'.*groups: all, combiner, members"):
+        _train(tmp_path / "run", {"phases": [{"epochs": 1, "trains": ["head"]}]})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_misspelt_phase_key_lists_the_phase_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: hne-resnet-small}\nphases:\n  - {epochs: 1, trian: [members]}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian' in a phases entry; allowed there: .*trains"):
+        load_config(path)
+
+
+def test_listed_sampler_trains_only_the_listed_member(tmp_path, register_plugin):
+    initial = {}
+
+    class Initial:
+        def on_train_start(self, state):
+            initial.update({k: v.clone() for k, v in state.model.state_dict().items()})
+
+    class Plugin:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("initial", Initial)
+
+    register_plugin(Plugin(), "initial-plugin")
+    _train(tmp_path / "run", {"callbacks": [{"name": "initial"}]}, "model.name=deep-ensemble-hne-resnet-small",
+           "combiner.name=mean_logits", "train.epochs=1", "sampler.name=listed", "sampler.args.members=[-1]")
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    first = [k for k in final if k.startswith("networks.0.")]
+    last = [k for k in final if k.startswith("networks.1.") and k.endswith("weight")]
+    assert first and last
+    assert all(torch.equal(final[k], initial[k]) for k in first)
+    assert not all(torch.equal(final[k], initial[k]) for k in last)
