@@ -6,6 +6,7 @@ is supported once an adapter for it is registered (``register_backbone_adapters`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -70,6 +71,13 @@ def _small_images_resnet(model: nn.Module) -> None:
     model.maxpool = nn.Identity()
 
 
+def _split_wide_resnet(model: nn.Module) -> BackboneParts:
+    """The CIFAR WRN (:mod:`.wide_resnet`): conv1 → layer1-3 → BN-ReLU → classifier. It takes 32×32 images already
+    (total stride 4), so it has nothing for ``small_images`` to adapt."""
+    return BackboneParts(model.conv1, [model.layer1, model.layer2, model.layer3],
+                         nn.Sequential(model.bn, nn.ReLU()), model.fc)
+
+
 def _split_efficientnet(model: nn.Module) -> BackboneParts:
     _check_plain_head(model, model.global_pool, model.classifier)
     return BackboneParts(nn.Sequential(model.conv_stem, model.bn1), list(model.blocks),
@@ -88,18 +96,26 @@ def _small_images_efficientnet(model: nn.Module) -> None:
 BUILTIN_ADAPTERS = [
     BackboneAdapter("resnet", _class_named("ResNet"), _split_resnet, _small_images_resnet),
     BackboneAdapter("efficientnet", _class_named("EfficientNet"), _split_efficientnet, _small_images_efficientnet),
+    BackboneAdapter("wide_resnet", _class_named("WideResNet"), _split_wide_resnet),
 ]
 
 
-def is_timm_model(name: str) -> bool:
+def _timm() -> ModuleType:
+    """timm, with the CIFAR WRNs of :mod:`.wide_resnet` in its registry."""
     import timm
 
-    return timm.is_model(name)
+    from . import wide_resnet  # noqa: F401 (registers wrn16_4, wrn28_10, wrn40_2 with timm)
+
+    return timm
+
+
+def is_timm_model(name: str) -> bool:
+    return _timm().is_model(name)
 
 
 def create_timm(name: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     """``timm.create_model`` with an error that lists similar names when ``name`` is not a timm model."""
-    import timm
+    timm = _timm()
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:8]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .backbones import BUILTIN_ADAPTERS
 from .combiners import MeanLogits, MeanProbs, Stacking, Voting, WeightedMean
-from .distillers import Independent
+from .distillers import CoDistillation, Independent
 from .hookspecs import hookimpl
 from .optim import BUILTIN_OPTIMIZERS
 from .samplers import AllMembers, Listed, ShuffledPerMember
@@ -22,6 +22,7 @@ def register_combiners(register):
 @hookimpl
 def register_distillers(register):
     register("independent", Independent)
+    register("co_distillation", CoDistillation)
 
 
 @hookimpl

@@ -50,6 +50,32 @@ def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temper
     return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * temperature**2
 
 
+def co_distillation(outputs: torch.Tensor, targets: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sums of co-distillation from the ensemble: (Σ_n CE(F_n, y), Σ_n T²·KL(q_E ‖ softmax(F_n / T))), where
+    q_E = softmax(z_E / T) and z_E is the mean of the detached member logits. Every member learns from the labels and
+    from the ensemble of all members; the target is detached, so no member is pulled towards itself through it."""
+    ensemble = outputs.mean(0)
+    distill = sum((soft_cross_entropy(member, ensemble, temperature) for member in outputs), outputs.new_zeros(()))
+    return member_cross_entropy(outputs, targets), distill
+
+
+class CoDistillation(Distiller):
+    """Co-distillation from the ensemble: ``ce`` = Σ_n CE(F_n, y) and ``cd`` = weight · Σ_n T²·KL(q_E ‖
+    softmax(F_n / T)), q_E = softmax(mean of the detached member logits / T) (:func:`co_distillation`). Defaults:
+    T = 3, weight 1."""
+
+    def __init__(self, temperature: float = 3.0, weight: float = 1.0):
+        super().__init__()
+        if not temperature > 0 or not weight >= 0:
+            raise ValueError(f"need temperature > 0 and weight >= 0, got temperature={temperature}, weight={weight}")
+        self.temperature, self.weight = temperature, weight
+
+    def forward(self, outputs, targets, *, inputs=None, model=None):
+        ce, distill = co_distillation(outputs, targets, self.temperature)
+        return {"ce": ce, "cd": self.weight * distill}
+
+
 class Independent(Distiller):
     """Each member trained alone on the labels, as in a deep ensemble: Σ_n CE(F_n, y)."""
 

@@ -226,7 +226,7 @@ def build(cfg: DictConfig) -> Setup:
         **_components_record(cfg), input_size=info.input_size, mean=info.mean, std=info.std,
         class_names=list(info.class_names), dataset=info.name,
     )
-    for where, objective in [("distiller", distiller),
+    for where, objective in [(f"distiller (name {cfg.distiller.name!r})", distiller),
                              *((f"phases[{i}].distiller", d) for i, d in phase_distillers.items())]:
         if hasattr(objective, "attach"):  # hooks and parameters sized from the model, before the optimizer exists
             try:

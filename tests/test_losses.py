@@ -3,7 +3,13 @@ import torch
 from selfens_plugins.hne.losses import HierarchicalDistillation
 from torch.nn import functional as F
 
-from selfens_core.distillers import Independent, member_cross_entropy, soft_cross_entropy
+from selfens_core.distillers import (
+    CoDistillation,
+    Independent,
+    co_distillation,
+    member_cross_entropy,
+    soft_cross_entropy,
+)
 
 
 def _outputs(m=4, b=5, c=3):
@@ -37,6 +43,26 @@ def test_hne_objectives():
     assert terms["lhd"].item() == pytest.approx(0.25 * lhd.item())
     cd = HierarchicalDistillation("li+cd", alpha=0.5)(out, y)["cd"]
     assert cd.item() == pytest.approx(0.5 * sum(soft_cross_entropy(o, out.mean(0), 2.0) for o in out).item())
+
+
+def test_co_distillation_is_ce_plus_t_squared_kl_from_the_detached_mean_logits():
+    out, y = _outputs(m=3)
+    q = F.softmax(out.detach().mean(0) / 3, -1)
+    kl = sum(F.kl_div(F.log_softmax(o / 3, -1), q, reduction="batchmean") * 9 for o in out)
+    terms = CoDistillation(weight=0.5)(out, y)
+    assert terms.keys() == {"ce", "cd"}
+    assert terms["ce"].item() == pytest.approx(member_cross_entropy(out, y).item())
+    assert terms["cd"].item() == pytest.approx(0.5 * kl.item())
+    CoDistillation()(out[:, :1] * torch.tensor([1.0, 0.0, 0.0])[:, None, None], y[:1])["cd"].backward()
+    assert out.grad[1:].abs().sum() == 0  # members 1, 2 enter only through the (detached) target
+
+
+def test_hne_co_distillation_is_the_core_one_scaled_by_alpha():
+    out, y = _outputs(m=4)
+    ce, cd = co_distillation(out, y, 2.0)
+    terms = HierarchicalDistillation("li+cd", alpha=0.3)(out, y)
+    assert terms["li"].item() == pytest.approx(0.7 * ce.item())
+    assert terms["cd"].item() == pytest.approx(0.3 * cd.item())
 
 
 def test_hierarchical_distillation_targets_are_detached():

@@ -19,7 +19,8 @@ SMALL = {"hne-resnet": dict(num_members=4), "hne-resnet-small": dict(num_members
          "hne-mobilenetv2": dict(num_members=4), "deep-ensemble-resnet18": dict(num_members=2),
          "hne-resnet18": dict(num_members=2), "hne-efficientnet_b0": dict(num_members=2),
          "deep-ensemble-hne-resnet-small": dict(num_members=2), "ienet-mobilenetv2": dict(widths=[0.5, 1.0]),
-         "ienet-resnet18": dict(widths=[0.5, 1.0]), "ienet-efficientnet_b0": dict(widths=[0.5, 1.0])}
+         "ienet-resnet18": dict(widths=[0.5, 1.0]), "ienet-efficientnet_b0": dict(widths=[0.5, 1.0]),
+         "nfe-resnet18": dict(num_members=2), "nfe-wrn28-10": dict(depth=10, widen_factor=1)}
 NAMES = selfens_core.list_models()
 
 

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from selfens_core import engine
+from selfens_core import SelfEnsemble, engine
 from selfens_core.config import ConfigError, load_config
 from selfens_core.hookspecs import hookimpl
 
@@ -196,3 +196,58 @@ def test_listed_sampler_trains_only_the_listed_member(tmp_path, register_plugin)
     assert first and last
     assert all(torch.equal(final[k], initial[k]) for k in first)
     assert not all(torch.equal(final[k], initial[k]) for k in last)
+
+
+def test_a_recipe_declares_phases_and_a_config_replaces_them(tmp_path, register_plugin):
+    from selfens_core.plugins import registries
+
+    builder = registries().models.resolve("hne-resnet-small")[0].obj
+
+    class Plugin:
+        @hookimpl
+        def register_models(self, register):
+            register("staged-tiny", builder, combiner="stacking",
+                     phases=[{"name": "warm", "epochs": 1}, {"name": "stack", "epochs": 1, "trains": ["combiner"]}])
+
+    register_plugin(Plugin(), "staged")
+    _train(tmp_path / "recipe", None, "model.name=staged-tiny")
+    records = (tmp_path / "recipe" / "metrics.jsonl").read_text()
+    assert '"phase": "warm"' in records and '"phase": "stack"' in records
+    _train(tmp_path / "config", {"phases": [{"name": "only", "epochs": 1}]}, "model.name=staged-tiny")
+    assert "phase" not in (tmp_path / "config" / "metrics.jsonl").read_text()  # one phase: nothing to name
+
+
+def test_a_model_that_reports_its_own_cost_gets_it_beside_the_dense_count():
+    from selfens_core.data import DatasetInfo, Split
+    from selfens_core.evaluation import evaluate
+
+    class Pruned(SelfEnsemble):
+        def __init__(self):
+            super().__init__(num_members=2, num_classes=3, in_chans=1, input_size=(8, 8), min_input_size=8)
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(64, 3) for _ in range(2))
+
+        def forward_members(self, x, members):
+            return torch.stack([head(x.flatten(1)) for head in self.heads[:members]])
+
+        def effective_cost(self, members):
+            return {"flops": 10 * members, "params": 7}
+
+    model = Pruned()
+    info = DatasetInfo("t", 3, 1, (1, 8, 8), (0.5,), (0.5,), ("a", "b", "c"))
+    metrics = evaluate(model, Split(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8), torch.arange(4) % 3), info)
+    assert [m["effective_flops"] for m in metrics["members"].values()] == [10, 20]
+    assert metrics["effective_params"] == 7 and metrics["params"] > 7
+    assert all(m["flops"] > 20 for m in metrics["members"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_evaluation_combines_on_the_models_device_with_a_trainable_combiner():
+    import selfens_core
+    from selfens_core.data import DatasetInfo, Split
+    from selfens_core.evaluation import evaluate
+
+    model = selfens_core.create("hne-resnet-small", num_classes=3, in_chans=1, num_members=2, combiner="stacking")
+    info = DatasetInfo("t", 3, 1, (1, 16, 16), (0.5,), (0.5,), ("a", "b", "c"))
+    split = Split(torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8), torch.arange(4) % 3)
+    metrics = evaluate(model.cuda(), split, info, device="cuda")
+    assert set(metrics["members"]) == {"1", "2"}

@@ -376,7 +376,7 @@ def test_disabling_an_unknown_plugin_names_the_close_match_and_the_plugins(monke
     regs = plugins.Registries()
     with pytest.warns(UserWarning, match=r"SELFENS_DISABLE_PLUGINS: 'deep-ensemble' is no installed plugin, so nothing "
                                          r"was disabled for it \(did you mean 'deep_ensemble'\?\)\. Plugins, by "
-                                         r"entry-point name: deep_ensemble, hne, ienet, meal, supernet, zoo"):
+                                         r"entry-point name: deep_ensemble, hne, ienet, meal, nfe, supernet, zoo"):
         plugins.make_plugin_manager(regs)
     assert not regs.plugins["deep_ensemble"].disabled and len(regs.problems) == 1
     monkeypatch.setenv("SELFENS_STRICT_PLUGINS", "1")
@@ -487,7 +487,8 @@ def test_register_refuses_what_its_hook_does_not_take_naming_plugin_hook_and_wha
         "as builder(*, num_classes, in_chans, **args)), not an instance of object: register the class itself "
         "(object), selfens instantiates it",
         "register_models: register('acme-typo', ...) got unknown keyword(s) 'descripton' (did you mean "
-        "'description' for 'descripton'?); it accepts description, distiller, combiner, sampler, replace",
+        "'description' for 'descripton'?); it accepts description, distiller, combiner, sampler, phases, callbacks, "
+        "replace",
         "register_models: register.family('acme-', ...) takes examples=a list of names starting with 'acme-', not "
         "['other-x']",
         "register_combiners: register('acme_instance', ...) takes a Combiner class (a class or factory function, "
@@ -584,7 +585,7 @@ def test_list_shows_families_with_a_truthful_pattern_and_names_they_build(capsys
         "  hne-<timm model name>: a timm model name that is_timm_model() accepts (plugin hne)"]
     main(["list", "*resnet18*"])
     out = capsys.readouterr().out
-    assert "deep-ensemble-resnet18\nhne-resnet18\nienet-resnet18\nfamilies" in out
+    assert "deep-ensemble-resnet18\nhne-resnet18\nienet-resnet18\nnfe-resnet18\nfamilies" in out
     assert "e.g. ienet-resnet18 (plugin ienet)" in out
     with pytest.raises(SystemExit, match="error: Unknown model 'hne-resnt50'. Did you mean"):
         main(["list", "hne-resnt50"])

@@ -84,7 +84,7 @@ def test_groups_name_each_member_and_each_depth_from_the_end():
 
 
 @pytest.mark.parametrize("name", ["supernet-mlp", "supernet-resnet10t"])
-def test_copied_merge_layer_is_the_mean_of_member_logits_for_every_budget(name):
+def test_copied_merge_layer_is_the_mean_of_member_logits_and_smaller_budgets_stay_that(name):
     model = create(name, num_classes=7, in_chans=1, combiner="merge", **MODELS[name]).eval()
     x = _images(model)
     with torch.no_grad():
@@ -93,10 +93,15 @@ def test_copied_merge_layer_is_the_mean_of_member_logits_for_every_budget(name):
         before = [model.predict(x, k) for k in model.budgets()]
         model.combiner.initialize(model)
         after = [model.predict(x, k) for k in model.budgets()]
+        model.combiner.weight.add_(torch.randn_like(model.combiner.weight))  # as if trained
+        trained = [model.predict(x, k) for k in model.budgets()]
     assert model.combiner.merged
     for k, mean, b, a in zip(model.budgets(), means, before, after):
         torch.testing.assert_close(b, mean, rtol=0, atol=0, msg=lambda m, k=k: f"k={k} before merging: {m}")
         torch.testing.assert_close(a, mean, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"k={k} after copying: {m}")
+    for mean, t in zip(means[:-1], trained[:-1]):  # fewer members than the merge layer's: their mean logits
+        torch.testing.assert_close(t, mean, rtol=0, atol=0)
+    assert not torch.allclose(trained[-1], means[-1])
 
 
 def test_merge_divisor_scales_the_copied_weights():
@@ -114,7 +119,7 @@ def test_random_merge_layer_and_its_l2_penalty():
     model = create("supernet-mlp", num_classes=7, in_chans=1, combiner=Merge(init="random", l2=0.5), **TINY_MLP)
     merge = model.combiner
     merge.initialize(model)
-    assert merge.merged and merge.weight.abs().sum() > 0 and not merge.bias_shift.any()
+    assert merge.merged and merge.weight.abs().sum() > 0
     outputs, y = model.outputs(_images(model), features=True), torch.tensor([0, 1, 2, 3, 4])
     ce = F.cross_entropy(merge.scores(outputs.logits, outputs.features), y)
     penalty = 0.5 * (merge.weight.square().sum() + merge.bias.square().sum())

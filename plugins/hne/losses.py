@@ -6,7 +6,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from selfens_core.distillers import Distiller, member_cross_entropy, soft_cross_entropy
+from selfens_core.distillers import Distiller, co_distillation, member_cross_entropy, soft_cross_entropy
 
 OBJECTIVES = ("li", "lh", "li+cd", "li+lhd")
 
@@ -16,7 +16,8 @@ class HierarchicalDistillation(Distiller):
 
     - ``li``: L_I = Σ_n CE(F_n, y), members trained independently;
     - ``lh``: L_H = Σ_b CE(y^b, y), the sub-ensembles trained on the labels (a weaker baseline in the paper);
-    - ``li+cd``: (1−α)·L_I + α·Σ_n KL_T(y^E ‖ F_n), standard co-distillation of every member from the ensemble;
+    - ``li+cd``: (1−α)·L_I + α·Σ_n KL_T(y^E ‖ F_n), standard co-distillation of every member from the ensemble
+      (the core's :func:`~selfens_core.distillers.co_distillation`, which the ``co_distillation`` distiller computes);
     - ``li+lhd``: (1−α)·L_I + α·Σ_{b<B} KL_T(y^E ‖ y^b), hierarchical co-distillation (default, α = 0.5, T = 2).
 
     Targets are detached and the KL terms carry a T² factor, as in ONE / collaborative learning [our choice].
@@ -36,13 +37,13 @@ class HierarchicalDistillation(Distiller):
         ensemble = sub_ensembles[-1]
         if self.objective == "lh":
             return {"lh": sum(F.cross_entropy(y.float(), targets) for y in sub_ensembles)}
-        terms = {"li": member_cross_entropy(outputs, targets)}
         if self.objective == "li":
-            return terms
+            return {"li": member_cross_entropy(outputs, targets)}
         if self.objective == "li+cd":
-            distill = sum(soft_cross_entropy(member, ensemble, self.temperature) for member in outputs)
+            independent, distill = co_distillation(outputs, targets, self.temperature)
         else:
+            independent = member_cross_entropy(outputs, targets)
             distill = sum((soft_cross_entropy(y, ensemble, self.temperature) for y in sub_ensembles[:-1]),
                           outputs.new_zeros(()))
         name = self.objective.split("+")[1]
-        return {"li": (1 - self.alpha) * terms["li"], name: self.alpha * distill}
+        return {"li": (1 - self.alpha) * independent, name: self.alpha * distill}
