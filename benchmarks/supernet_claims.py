@@ -10,7 +10,8 @@ invocation continues where it stopped (a half-finished run resumes from its chec
 ``--epochs``: the members' (or the network's) phase gets that many epochs; the later phases of the configs keep their
 lengths (last layers retrained one depth at a time, then the merge layer alone). Accuracies are on the test split;
 "mean" and "voting" are the SuperModel's trained members combined by averaging logits and by majority vote (evaluated
-on the same weights as "merged").
+on the same weights as "merged"). Minutes are training time with each epoch timed at its phase's median epoch time
+(this machine is shared: an epoch that ran beside another job is several times slower), evaluation excluded.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from time_to_accuracy import read_curve  # benchmarks/, beside this script
 
 from selfens_core import engine
 from selfens_core.config import load_config
@@ -66,19 +68,16 @@ def with_combiner(run: Path, combiner: str) -> float:
 
 
 def minutes_to(run: Path, accuracy: float) -> float | None:
-    """Training minutes (evaluation excluded) until the per-epoch test accuracy of all members first reaches
-    ``accuracy``; None if it never did."""
-    total = 0.0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        total += record["seconds"] / 60
-        if list(record["test_acc"].values())[-1] >= accuracy:
-            return total
-    return None
+    """Training minutes (evaluation excluded, epochs timed at their phase's median: see time_to_accuracy.py) until
+    the per-epoch test accuracy of all members first reaches ``accuracy``; None if it never did."""
+    _, minutes, by_budget = read_curve(run)
+    curve = by_budget[max(by_budget, key=int)]
+    return next((m for m, a in zip(minutes, curve) if a >= accuracy), None)
 
 
 def training_minutes(run: Path) -> float:
-    return sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()) / 60
+    """Training minutes of the whole run, epochs timed at their phase's median."""
+    return read_curve(run)[1][-1]
 
 
 def claim_mlp(seeds: list[int], epochs: int) -> None:

@@ -46,8 +46,9 @@ def _export(args: argparse.Namespace) -> None:
                        notes=args.notes, overwrite=args.overwrite)
     s = entry.summary
     print(f"wrote {entry.directory}: {', '.join(entry.files)} and {entry.directory / 'manifest.json'}")
-    print(f"test accuracy of the exported weights: {100 * s['acc_one_member']:.2f}% (1 member), "
-          f"{100 * s['acc']:.2f}% ({s['num_members']} members) on {s['test_images']} images")
+    full = f", {100 * s['acc']:.2f}% ({s['num_members']} members)" if s["num_members"] > 1 else ""
+    print(f"test accuracy of the exported weights: {100 * s['acc_one_member']:.2f}% (1 member){full} on "
+          f"{s['test_images']} images")
 
 
 def _push(args: argparse.Namespace) -> None:
