@@ -75,7 +75,9 @@ class Callback:
         """A phase begins: its parameters are selected, its optimizers exist, no step of it has run."""
 
     def on_step_end(self, state: TrainState) -> None:
-        """An optimizer step (and the schedule's step) is done; ``state.step`` counts it."""
+        """An optimizer step (and the schedule's step) is done; ``state.step`` counts it. A step checkpoint
+        (``train.checkpoint_every_steps``) is written after this event, so what a callback writes into the model is
+        saved."""
 
     def on_epoch_end(self, state: TrainState) -> None:
         """An epoch's steps are done, before its evaluation and checkpoint."""

@@ -305,16 +305,22 @@ def read_extra_state(path: str | Path) -> dict:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint in ``run_dir/checkpoints``, or ``None``.
 
-    Checkpoints are ordered by the number ending their name (``epoch-0003`` < ``epoch-0010``); directories without
-    one, hidden ones (saves in progress) and ones lacking a file every checkpoint has are skipped.
+    Checkpoints are ordered by :func:`checkpoint_order`; directories whose name does not end in a number, hidden ones
+    (saves in progress) and ones lacking a file every checkpoint has are skipped.
     """
     numbered = []
     for candidate in Path(run_dir, "checkpoints").glob("*"):
-        match = re.search(r"(\d+)$", candidate.name)
         complete = (candidate / STATE_FILE).is_file() and (candidate / MODEL_FILE).is_file()
-        if match and complete and not candidate.name.startswith("."):
-            numbered.append((int(match.group(1)), candidate.stat().st_mtime, candidate))
+        if re.search(r"\d$", candidate.name) and complete and not candidate.name.startswith("."):
+            numbered.append((checkpoint_order(candidate.name), candidate.stat().st_mtime, candidate))
     return max(numbered)[2] if numbered else None
+
+
+def checkpoint_order(name: str) -> tuple[int, ...]:
+    """The sort key of a checkpoint's name: the numbers in it, compared left to right, so that a step checkpoint
+    falls between the epoch checkpoints around it whatever the digits' widths (``epoch-0003`` <
+    ``epoch-0003-step-000040`` < ``epoch-0010``)."""
+    return tuple(int(number) for number in re.findall(r"\d+", name))
 
 
 def _read_state(file: Path) -> dict:

@@ -43,6 +43,8 @@ class DataConfig:
     val_split: float = 0.0  # hold out this fraction of train for per-epoch validation (else the test split)
     augment: bool = True
     eval_batch_size: int = 500
+    stream: bool = False  # imagefolder:PATH only: decode the images per batch instead of holding them in memory
+    workers: int = 0  # DataLoader processes that assemble batches (decode, crop, flip); 0: the training process
 
 
 @dataclass
@@ -66,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     keep_checkpoints: int = 2
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (global); 0: at epoch ends only
     precise_bn: int = 0  # re-estimate BatchNorm statistics on this many training batches before each evaluation
 
 
@@ -210,6 +213,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
+    if cfg.data.stream and not cfg.data.name.startswith("imagefolder:"):
+        raise ConfigError(f"config key 'data.stream' is true, but data.name {cfg.data.name!r} is held in memory: only "
+                          "imagefolder:PATH datasets are streamed from disk; set data.stream=false")
     for arg, source in _MODEL_ARGS_SET_ELSEWHERE.items():
         if arg in cfg.model.args:
             raise ConfigError(f"config key 'model.args.{arg}' cannot be set: it comes from {source}; remove it")
@@ -230,10 +236,13 @@ def _check_ranges(cfg: DictConfig) -> None:
         "train.warmup_epochs": (0.0 <= t.warmup_epochs <= t.epochs, "in [0, train.epochs]"),
         "train.grad_clip": (t.grad_clip is None or t.grad_clip > 0, "null or > 0"),
         "train.keep_checkpoints": (t.keep_checkpoints >= 1, ">= 1"),
+        "train.checkpoint_every_steps": (t.checkpoint_every_steps >= 0,
+                                         ">= 0 (optimizer steps; 0 checkpoints at epoch ends only)"),
         "train.precise_bn": (t.precise_bn >= 0, ">= 0 (training batches; 0 turns precise BatchNorm off)"),
         "data.val_split": (0.0 <= d.val_split < 1.0, "in [0, 1)"),
         "data.subset": (d.subset is None or d.subset >= 1, "null (all images) or >= 1"),
         "data.eval_batch_size": (d.eval_batch_size >= 1, ">= 1"),
+        "data.workers": (d.workers >= 0, ">= 0 (DataLoader processes; 0 assembles batches in the training process)"),
     }
     for key, (ok, expected) in checks.items():
         if not ok:

@@ -1,10 +1,13 @@
-"""Datasets held in memory as uint8 tensors, and seeded batch iteration over them.
+"""Datasets as uint8 images (held in memory, or decoded from files per batch), and seeded batch iteration over them.
 
-Every dataset of the project is small enough to keep in memory, so a split is just two
-tensors (uint8 images, int64 labels). Batching, augmentation and normalisation happen on
+A split is uint8 images and int64 labels: two tensors in memory (:class:`Split`), or, for an
+``imagefolder`` too large for memory, image files decoded when a batch needs them
+(:class:`FileSplit`, ``stream=True``). Batching, augmentation and normalisation happen on
 tensors per batch, which is fast on CPU and makes the batch order and augmentation a pure
 function of ``(seed, epoch)``: a resumed run sees exactly the batches an uninterrupted run
-would have seen.
+would have seen. The random numbers of an epoch are drawn in this process, batch by batch;
+the batches themselves may be assembled (decoded, cropped, flipped) by ``DataLoader``
+worker processes, which changes nothing in them.
 
 Known dataset names (see :func:`load_dataset`): ``fashion-mnist`` (the project default),
 ``cifar10``, ``cifar100``, ``svhn``, ``digits``, ``fake`` / ``fake:C:H:W:K`` and
@@ -20,9 +23,11 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where the Debian package ``dataset-fashion-mnist`` installs the IDX files."""
@@ -88,6 +93,41 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def load(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at ``idx``."""
+        return self.images[idx]
+
+    def select(self, idx: torch.Tensor) -> Split:
+        """The images at ``idx``, kept in their original order (a seeded subset or validation cut)."""
+        idx = idx.sort().values
+        return Split(self.images[idx], self.labels[idx], cut_from=len(self) if len(idx) < len(self) else None)
+
+
+@dataclass(frozen=True, eq=False)
+class FileSplit:
+    """One split left on disk: image files, decoded (RGB, resized to IMAGEFOLDER_SIZE) when a batch needs them,
+    exactly as :class:`Split` holds them in memory; int64 labels (N,). ``cut_from`` as in :class:`Split`."""
+
+    paths: tuple[str, ...]
+    labels: torch.Tensor
+    cut_from: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at ``idx``, decoded now."""
+        return torch.stack([_decode_image(self.paths[i]) for i in idx.tolist()])
+
+    def select(self, idx: torch.Tensor) -> FileSplit:
+        """The images at ``idx``, kept in their original order (a seeded subset or validation cut)."""
+        idx = idx.sort().values
+        return FileSplit(tuple(self.paths[i] for i in idx.tolist()), self.labels[idx],
+                         cut_from=len(self) if len(idx) < len(self) else None)
+
+
+AnySplit = Split | FileSplit
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -117,9 +157,9 @@ _TRAIN_SUBSET_STREAM, _TEST_SUBSET_STREAM, _EPOCH_STREAM = 0, 1, 2
 # --------------------------------------------------------------------------- public API
 
 
-def load_dataset(name: str, *, root: str | None = None, subset: int | None = None,
-                 val_split: float = 0.0, seed: int = 0) -> tuple[DatasetInfo, dict[str, Split]]:
-    """Load dataset ``name`` into memory and return its info and splits.
+def load_dataset(name: str, *, root: str | None = None, subset: int | None = None, val_split: float = 0.0,
+                 seed: int = 0, stream: bool = False, workers: int = 0) -> tuple[DatasetInfo, dict[str, AnySplit]]:
+    """Load dataset ``name`` into memory (or, with ``stream``, list its files) and return its info and splits.
 
     Returns ``{"train", "test"}`` splits, plus ``"val"`` when ``val_split > 0``.
     ``subset=N`` keeps a seeded random N of train and ``min(len(test), max(N // 5, 100))``
@@ -129,25 +169,34 @@ def load_dataset(name: str, *, root: str | None = None, subset: int | None = Non
     (the subset of) train as ``"val"``. ``root`` is where to look for / download the data
     (default ``$SELFENS_DATA`` or ``~/.cache/selfens/data``). ``info.mean``/``info.std`` are
     always those of the full training set, so they do not depend on ``subset``/``seed``.
+    ``stream=True`` (``imagefolder`` only) keeps the images on disk (:class:`FileSplit`):
+    they are decoded once by ``workers`` processes for ``info.mean``/``info.std``, then
+    per batch.
     """
     _check_split_args(subset, val_split)
     family, arg = _parse_name(name)
-    info, train, test = _LOADERS[family](name, arg, root)
+    if stream and family != "imagefolder":
+        raise ValueError(f"stream=True (data.stream) reads imagefolder:PATH datasets from disk; {name!r} is held in "
+                         "memory, leave data.stream false")
+    info, train, test = (_load_imagefolder(name, arg, root, stream=True, workers=workers) if stream
+                         else _LOADERS[family](name, arg, root))
     if subset is not None and subset > len(train):
         raise ValueError(f"subset={subset} (data.subset) is more than the {len(train)} training images of "
                          f"{name!r}; use at most {len(train)}, or no subset (data.subset=null) for all of them")
     return info, _make_splits(train, test, subset=subset, val_split=val_split, seed=seed)
 
 
-def iterate_batches(split: Split, info: DatasetInfo, *, batch_size: int, train: bool,
-                    augment: bool, seed: int, epoch: int,
-                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate_batches(split: AnySplit, info: DatasetInfo, *, batch_size: int, train: bool,
+                    augment: bool, seed: int, epoch: int, drop_last: bool = False,
+                    workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches: x float32 (B, C, H, W) normalised with ``info``, y int64.
 
     ``train=True`` shuffles, and (if ``augment``) applies the dataset's standard
     augmentation from :data:`AUGMENTATIONS`, both drawn from one generator seeded from
     ``(seed, epoch)``, so the batches are a pure function of ``(seed, epoch)``.
     ``train=False`` goes in order and never augments (``augment`` is ignored).
+    ``workers`` > 0 assembles the batches (decoding a :class:`FileSplit`'s files, cropping,
+    flipping) in that many ``DataLoader`` processes; the batches are the same.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -156,13 +205,12 @@ def iterate_batches(split: Split, info: DatasetInfo, *, batch_size: int, train: 
     gen = _generator(seed, _EPOCH_STREAM, epoch) if train else None
     order = torch.randperm(len(split), generator=gen) if train else torch.arange(len(split))
     aug = augmentation_for(info) if train and augment else None
-    for start in range(0, num_batches(split, batch_size, drop_last) * batch_size, batch_size):
-        idx = order[start:start + batch_size]
-        images = split.images[idx] if aug is None else _augment(split.images[idx], aug, gen)
-        yield images.float().div_(255.0).sub_(mean).div_(std), split.labels[idx]
+    plan = _batch_plan(order, num_batches(split, batch_size, drop_last), batch_size, aug, gen)
+    for images, labels in _assembled(split, plan, aug, workers):
+        yield images.float().div_(255.0).sub_(mean).div_(std), labels
 
 
-def num_batches(split: Split, batch_size: int, drop_last: bool = False) -> int:
+def num_batches(split: AnySplit, batch_size: int, drop_last: bool = False) -> int:
     """How many batches :func:`iterate_batches` yields for ``split``.
 
     ``drop_last=True`` is how training batches: a split smaller than one batch would give
@@ -191,22 +239,22 @@ def _check_split_args(subset: int | None, val_split: float) -> None:
         raise ValueError(f"val_split must be in [0, 1), got {val_split}")
 
 
-def _make_splits(train: Split, test: Split, *, subset: int | None, val_split: float,
-                 seed: int) -> dict[str, Split]:
+def _make_splits(train: AnySplit, test: AnySplit, *, subset: int | None, val_split: float,
+                 seed: int) -> dict[str, AnySplit]:
     """Apply ``subset`` and ``val_split`` (both seeded) to the full train/test splits."""
     if subset is None and val_split == 0.0:
         return {"train": train, "test": test}
     keep = torch.randperm(len(train), generator=_generator(seed, _TRAIN_SUBSET_STREAM))[:subset]
     n_val = min(max(1, round(val_split * len(keep))), len(keep) - 1) if val_split else 0
-    splits = {"train": _select(train, keep[n_val:])}
+    splits = {"train": train.select(keep[n_val:])}
     if n_val:
-        splits["val"] = _select(train, keep[:n_val])
+        splits["val"] = train.select(keep[:n_val])
     if subset is None:
         splits["test"] = test
     else:
         n_test = min(len(test), max(subset // 5, 100))
         test_gen = _generator(seed, _TEST_SUBSET_STREAM)
-        splits["test"] = _select(test, torch.randperm(len(test), generator=test_gen)[:n_test])
+        splits["test"] = test.select(torch.randperm(len(test), generator=test_gen)[:n_test])
         if n_test < len(test):  # announced: a test accuracy on a cut test set must not pass for the full one
             print(f"test set cut to {n_test} of {len(test)} images by data.subset={subset} (N // 5, at least 100, "
                   f"seeded) to keep a quick run quick; without a subset (data.subset=null) all {len(test)} are "
@@ -215,37 +263,79 @@ def _make_splits(train: Split, test: Split, *, subset: int | None, val_split: fl
     return splits
 
 
-def _select(split: Split, idx: torch.Tensor) -> Split:
-    """The images at ``idx``, kept in their original order."""
-    idx = idx.sort().values
-    return Split(split.images[idx], split.labels[idx], cut_from=len(split) if len(idx) < len(split) else None)
-
-
 def _generator(seed: int, *stream: int) -> torch.Generator:
     """A torch generator for one independent random stream of ``seed`` (e.g. one epoch)."""
     state = np.random.SeedSequence(seed, spawn_key=stream).generate_state(1, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0]))
 
 
-def _augment(images: torch.Tensor, aug: Augmentation, gen: torch.Generator) -> torch.Tensor:
-    """Randomly crop (after zero padding) and flip a uint8 batch, vectorised over the batch."""
-    if aug.crop_pad:
-        images = _random_crop(images, aug.crop_pad, gen)
-    if aug.hflip:
-        flip = torch.rand(len(images), generator=gen) < 0.5
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+class _Draws(NamedTuple):
+    """The random numbers of one batch's augmentation."""
+
+    offsets: torch.Tensor | None  # (2, N, 1): each image's crop offsets dy, dx
+    flips: torch.Tensor | None  # (N,) bool: which images are flipped
+
+
+def _draw(aug: Augmentation, n: int, gen: torch.Generator) -> _Draws:
+    """Draw one batch's augmentation of ``n`` images from ``gen``: crop offsets, then flips (a fixed order)."""
+    offsets = torch.randint(0, 2 * aug.crop_pad + 1, (2, n, 1), generator=gen) if aug.crop_pad else None
+    flips = torch.rand(n, generator=gen) < 0.5 if aug.hflip else None
+    return _Draws(offsets, flips)
+
+
+def _augment(images: torch.Tensor, aug: Augmentation, draws: _Draws) -> torch.Tensor:
+    """Crop (after zero padding) and flip a uint8 batch as ``draws`` say, vectorised over the batch."""
+    if draws.offsets is not None:
+        images = _crop(images, aug.crop_pad, draws.offsets)
+    if draws.flips is not None:
+        images = torch.where(draws.flips.view(-1, 1, 1, 1), images.flip(-1), images)
     return images
 
 
-def _random_crop(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad`` pixels and cut each image back to size at a random offset."""
+def _crop(images: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by ``pad`` pixels and cut each image back to size at its offset."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen)
+    dy, dx = offsets
     rows = (dy + torch.arange(h))[:, :, None]  # (N, H, 1)
     cols = (dx + torch.arange(w))[:, None, :]  # (N, 1, W)
     crops = padded[torch.arange(n).view(-1, 1, 1), rows, cols]  # (N, H, W, C)
     return crops.permute(0, 3, 1, 2).contiguous()
+
+
+_Plan = Iterator[tuple[torch.Tensor, _Draws | None]]  # per batch: indices, augmentation draws
+
+
+def _batch_plan(order: torch.Tensor, count: int, batch_size: int, aug: Augmentation | None,
+                gen: torch.Generator | None) -> _Plan:
+    """The first ``count`` batches of ``order``: each one's indices and augmentation draws, drawn from ``gen`` as
+    the batch comes (so however far ahead workers are fed, every batch gets the numbers of its place)."""
+    for start in range(0, count * batch_size, batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, None if aug is None else _draw(aug, len(idx), gen)
+
+
+class _Assemble(Dataset):
+    """What a ``DataLoader`` worker does: the uint8 images and labels of one planned batch, augmented."""
+
+    def __init__(self, split: AnySplit, aug: Augmentation | None):
+        self.split, self.aug = split, aug
+
+    def __getitem__(self, planned: tuple[torch.Tensor, _Draws | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, draws = planned
+        images = self.split.load(idx)
+        return (images if draws is None else _augment(images, self.aug, draws)), self.split.labels[idx]
+
+
+def _assembled(split: AnySplit, plan: _Plan, aug: Augmentation | None,
+               workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The planned batches (uint8 images, labels) in order: assembled here, or by ``workers`` processes. The
+    loader's own generator seeds its workers (which draw nothing), so the global RNG is left alone: reading data the
+    one way or the other never changes a run."""
+    assemble = _Assemble(split, aug)
+    if not workers:
+        return map(assemble.__getitem__, plan)
+    return iter(DataLoader(assemble, batch_size=None, sampler=plan, num_workers=workers, generator=torch.Generator()))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -267,16 +357,20 @@ def _default_data_dir(root: str | None) -> Path:
     return Path(root or os.environ.get("SELFENS_DATA") or "~/.cache/selfens/data").expanduser()
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and std of uint8 images in [0, 1], via a value histogram.
+def _channel_stats(split: AnySplit, workers: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of the split's uint8 images in [0, 1], via value histograms summed over chunks
+    of images (a :class:`FileSplit` is decoded once for them, by ``workers`` processes).
 
-    The histogram avoids a float copy of the whole training set (≈190 MB for
+    The histograms avoid a float copy of the whole training set (≈190 MB for
     Fashion-MNIST). A zero std (constant images) is reported as 1 to keep division safe.
     """
+    chunks = _assembled(split, ((idx, None) for idx in torch.arange(len(split)).split(1024)), None, workers)
+    counts = sum(torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256)
+                              for c in range(images.shape[1])]) for images, _ in chunks)
     values = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for c in range(images.shape[1]):
-        freq = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+    for channel in counts:
+        freq = channel.double()
         freq /= freq.sum()
         mean = float((freq * values).sum())
         var = float((freq * values.square()).sum()) - mean**2
@@ -285,11 +379,11 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(means), tuple(stds)
 
 
-def _make_info(name: str, train: Split, class_names: tuple[str, ...],
-               stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> DatasetInfo:
+def _make_info(name: str, train: AnySplit, class_names: tuple[str, ...],
+               stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None, workers: int = 0) -> DatasetInfo:
     """Build the info of a dataset; ``stats`` defaults to those of the training images."""
-    c, h, w = train.images.shape[1:]
-    mean, std = stats or _channel_stats(train.images)
+    c, h, w = train.load(torch.zeros(1, dtype=torch.int64)).shape[1:]
+    mean, std = stats or _channel_stats(train, workers)
     return DatasetInfo(name=name, num_classes=len(class_names), in_chans=c, input_size=(c, h, w),
                        mean=mean, std=std, class_names=class_names)
 
@@ -465,52 +559,65 @@ def _load_fake(name: str, arg: str | None, root: str | None) -> _Loaded:
 # -------------------------------------------------------------------------- imagefolder
 
 
-def _read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[Split, list[str]]:
-    """Load every image under ``folder/<class>/`` as RGB, resized to IMAGEFOLDER_SIZE.
+def _read_image_folder(folder: Path, classes: list[str] | None = None,
+                       stream: bool = False) -> tuple[AnySplit, list[str]]:
+    """Load every image under ``folder/<class>/`` as RGB, resized to IMAGEFOLDER_SIZE; with ``stream``, only list
+    them (a :class:`FileSplit` decodes them per batch).
 
     A folder without class sub-folders, a class folder without images and an image that
-    does not decode are errors naming the folder or file.
+    does not decode (when it is decoded) are errors naming the folder or file.
     """
-    from torchvision import datasets, transforms
+    from torchvision import datasets
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     expected = f"expected {folder}/<class>/ sub-folders, each holding images ({' '.join(IMG_EXTENSIONS)})"
     if not any(entry.is_dir() for entry in folder.iterdir()):
         raise FileNotFoundError(f"imagefolder: {folder} has no class sub-folders; {expected}")
-    transform = transforms.Compose([transforms.Resize(IMAGEFOLDER_SIZE), transforms.PILToTensor()])
-    ds = datasets.ImageFolder(str(folder), transform=transform, allow_empty=True)
+    ds = datasets.ImageFolder(str(folder), allow_empty=True)
     empty = sorted(set(ds.classes) - {ds.classes[t] for t in ds.targets})
     if empty:
         raise FileNotFoundError(f"imagefolder: class folder(s) {', '.join(str(folder / c) for c in empty)} hold no "
                                 f"images; {expected}. Add images, or remove the empty folder(s) (from every split)")
     if classes is not None and ds.classes != classes:
         raise ValueError(f"{folder} has classes {ds.classes}, but the train folder has {classes}")
-    images = []
-    for i, (path, _) in enumerate(ds.samples):
-        try:
-            images.append(ds[i][0])
-        except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-            raise ValueError(f"imagefolder: cannot read the image {path} ({type(err).__name__}: {err}); "
-                             "replace or remove the file") from err
-    images = torch.stack(images)
-    return Split(images, torch.tensor(ds.targets, dtype=torch.int64)), ds.classes
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    paths = tuple(path for path, _ in ds.samples)
+    if stream:
+        return FileSplit(paths, labels), ds.classes
+    return Split(torch.stack([_decode_image(path) for path in paths]), labels), ds.classes
 
 
-def _load_imagefolder(name: str, arg: str | None, root: str | None) -> _Loaded:
+def _decode_image(path: str) -> torch.Tensor:
+    """One image file as uint8 (3, H, W): RGB, resized to IMAGEFOLDER_SIZE. A file that does not decode is a
+    ValueError naming it."""
+    from torchvision import transforms
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return transforms.PILToTensor()(transforms.Resize(IMAGEFOLDER_SIZE)(default_loader(path)))
+    except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise ValueError(f"imagefolder: cannot read the image {path} ({type(err).__name__}: {err}); "
+                         "replace or remove the file") from err
+
+
+def _load_imagefolder(name: str, arg: str | None, root: str | None, stream: bool = False,
+                      workers: int = 0) -> _Loaded:
     """Your own images: ``PATH/train/<class>/*`` and ``PATH/val`` (or ``PATH/test``).
 
     Every image is decoded, converted to RGB, resized to IMAGEFOLDER_SIZE (32x32) and
     kept in memory as uint8, which suits small folders (thousands of images), not
-    ImageNet-sized ones. ``root`` is not used: PATH says where the images are.
+    ImageNet-sized ones: for those, ``stream`` lists the files, and batches decode them
+    (``workers`` processes decode the training images once for their mean and std).
+    ``root`` is not used: PATH says where the images are.
     """
     base = Path(arg).expanduser()
     evals = [base / s for s in ("val", "test") if (base / s).is_dir()]
     if not (base / "train").is_dir() or not evals:
         raise FileNotFoundError(f"imagefolder: expected {base}/train/<class>/ and {base}/val/ "
                                 f"(or {base}/test/) with images; {base} does not have them")
-    train, classes = _read_image_folder(base / "train")
-    test, _ = _read_image_folder(evals[0], classes)
-    return _make_info(name, train, tuple(classes)), train, test
+    train, classes = _read_image_folder(base / "train", stream=stream)
+    test, _ = _read_image_folder(evals[0], classes, stream=stream)
+    return _make_info(name, train, tuple(classes), workers=workers), train, test
 
 
 _LOADERS: dict[str, Callable[[str, str | None, str | None], _Loaded]] = {

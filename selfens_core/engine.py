@@ -18,7 +18,8 @@ import shutil
 import time
 import warnings
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .batchnorm import precise_bn
 from .callbacks import PhaseInfo, TrainState, notify
-from .checkpoint import clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_extra_state, save_checkpoint
+from .checkpoint import (
+    checkpoint_order,
+    clean_interrupted_saves,
+    latest_checkpoint,
+    load_checkpoint,
+    read_extra_state,
+    save_checkpoint,
+)
 from .config import ConfigError, RunConfig, save_config
-from .data import DatasetInfo, Split, iterate_batches, load_dataset, num_batches
+from .data import AnySplit, DatasetInfo, iterate_batches, load_dataset, num_batches
 from .ensemble import NonFiniteInputError, SelfEnsemble
 from .evaluation import evaluate
 from .factory import (
@@ -85,7 +93,7 @@ class Setup:
     distiller: torch.nn.Module
     sampler: Any
     info: DatasetInfo
-    splits: dict[str, Split]
+    splits: dict[str, AnySplit]
     device: torch.device
     steps_per_epoch: int
     phases: list[Phase]
@@ -125,6 +133,25 @@ class PhaseRun:
     held: list[torch.nn.Module]  # modules held in evaluation mode
     members_train: bool  # some parameter other than the combiner's trains
     combiner_trains: bool
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch has trained: what a step checkpoint records, so that a resume continues the epoch exactly
+    (its batches and the sampler's draws are replayed from ``(train.seed, epoch)``, see :func:`_epoch_batches`)."""
+
+    step: int = 0  # steps done in the epoch
+    sums: dict[str, float] = field(default_factory=dict)  # each loss term summed over those steps
+    seconds: float = 0.0  # the time they took
+
+    def record(self) -> dict[str, Any]:
+        """The checkpoint's ``extra_state`` entries (JSON floats read back bit-exact)."""
+        return {"step": self.step, "loss_sums": self.sums, "seconds": self.seconds}
+
+    @classmethod
+    def from_record(cls, extra_state: dict[str, Any]) -> EpochProgress:
+        """Read back :meth:`record`; an epoch checkpoint's state, which has none of it, is an epoch not begun."""
+        return cls(extra_state.get("step", 0), extra_state.get("loss_sums", {}), extra_state.get("seconds", 0.0))
 
 
 def pick_device(name: str) -> torch.device:
@@ -216,7 +243,8 @@ def build(cfg: DictConfig) -> Setup:
     phase_samplers = {p.index: _phase_component(p, "sampler", "samplers") for p in phases if p.sampler}
     callbacks = _callbacks(cfg, recipe)
     info, splits = load_dataset(cfg.data.name, root=cfg.data.root, subset=cfg.data.subset,
-                                val_split=cfg.data.val_split, seed=cfg.train.seed)
+                                val_split=cfg.data.val_split, seed=cfg.train.seed, stream=cfg.data.stream,
+                                workers=cfg.data.workers)
     try:
         model = build_model(cfg.model.name, num_classes=info.num_classes, in_chans=info.in_chans, combiner=combiner,
                        **OmegaConf.to_container(cfg.model.args))
@@ -259,29 +287,30 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
         _tidy_interrupted_saves(out)
         last = check_target(out, resume=resume, overwrite=overwrite)
         s = build(cfg)
-        resumed = _check_resume(out, last, s, allow_changes) if last else None
+        resumed, resumed_at = _check_resume(out, last, s, allow_changes) if last else (None, EpochProgress())
         if not resumed:
             _prepare(s)
         with _resumable_when_disk_full(out):
             _begin(out, s, resumed, overwrite)
             start = resumed["epoch"] if resumed else 0
             state = TrainState(s.model, _phase_info(s, s.phase_at(min(start, s.epochs - 1))), s.steps_per_epoch,
-                               out, step=start * s.steps_per_epoch, resumed=bool(resumed))
+                               out, step=start * s.steps_per_epoch + resumed_at.step, resumed=bool(resumed))
             notify(s.listeners(s.phases[0]), "on_train_start", state)
             for phase in s.phases:
                 first, end = s.first_epoch(phase), s.first_epoch(phase) + phase.epochs
                 if end <= start:
                     continue
                 state.epoch = max(start, first)
-                run = _start_phase(s, phase, state, resume_from=last if first < start else None)
+                inside = (first, 0) < (start, resumed_at.step)  # the checkpoint is inside this phase
+                run = _start_phase(s, phase, state, resume_from=last if inside else None)
                 for epoch in range(max(start, first), end):
                     state.epoch = epoch
-                    started = time.perf_counter()
-                    losses = _train_epoch(s, run, state, progress)
+                    so_far = resumed_at if epoch == start else EpochProgress()
+                    losses = _train_epoch(s, run, state, so_far, progress)
                     notify(s.listeners(phase), "on_epoch_end", state)
                     if epoch + 1 == end:
                         notify(s.listeners(phase), "on_phase_end", state)
-                    _log_epoch(s, run, out, epoch, losses, time.perf_counter() - started)
+                    _log_epoch(s, run, out, epoch, losses, so_far.seconds)
                     _save(out, epoch + 1, s, run)
             release(s.model)
             return _finish(out, s, keep=run.held if start < s.epochs else [])
@@ -375,22 +404,32 @@ def _prepare(s: Setup) -> None:
     for component in components:
         if hasattr(component, "prepare"):
             batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
-                                      augment=s.cfg.data.augment, seed=s.cfg.train.seed, epoch=0, drop_last=True)
+                                      augment=s.cfg.data.augment, seed=s.cfg.train.seed, epoch=0, drop_last=True,
+                                      workers=s.cfg.data.workers)
             component.prepare(s.model, ((_on_device(x, s.device, s.cfg.train.channels_last),
                                         y.to(s.device)) for x, y in batches))
 
 
-def _check_resume(out: Path, last: Path, s: Setup, allow_changes: Collection[str]) -> dict[str, Any]:
+def _check_resume(out: Path, last: Path, s: Setup,
+                  allow_changes: Collection[str]) -> tuple[dict[str, Any], EpochProgress]:
     """Check the checkpoint ``last`` against today's config and load the model's (and objectives') state from it;
-    the optimizers of its phase are restored when that phase starts. Returns the resume's record."""
-    trained_with = _resolved_container(trained_config(out, read_extra_state(last), last), last)
+    the optimizers of its phase are restored when that phase starts. Returns the resume's record, and how far the
+    epoch it continues had trained (nothing, unless ``last`` is a step checkpoint)."""
+    extra = read_extra_state(last)
+    trained_with = _resolved_container(trained_config(out, extra, last), last)
     changes = check_resume_config(trained_with, OmegaConf.to_container(s.cfg, resolve=True), allow_changes,
                                   out=out, checkpoint=last)
-    epoch = load_checkpoint(last, model=_Both(s))["epoch"]
-    print(f"resuming {out} from {last.name} (epoch {epoch} of {s.epochs})")
+    epoch, at = extra["epoch"], EpochProgress.from_record(extra)
+    if at.step >= s.steps_per_epoch:
+        raise ConfigChanged(f"cannot resume {out} from {last.name}: it was written after step {at.step} of epoch "
+                            f"{epoch + 1}, but an epoch now has {s.steps_per_epoch} steps (data.subset, data.val_split "
+                            "or train.batch_size changed); resume with the run's values")
+    load_checkpoint(last, model=_Both(s))
+    within = f", then {at.step} of {s.steps_per_epoch} steps of epoch {epoch + 1}" if at.step else ""
+    print(f"resuming {out} from {last.name} (epoch {epoch} of {s.epochs}{within})")
     for key, change in changes.items():
         print(f"  config change, recorded in {RESUME_LOG}: {key}: {change['old']} → {change['new']}")
-    return {"epoch": epoch, "checkpoint": last.name, "changes": changes}
+    return {"epoch": epoch, "step": at.step, "checkpoint": last.name, "changes": changes}, at
 
 
 def _resolved_container(trained_with: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
@@ -424,7 +463,8 @@ def _finish(out: Path, s: Setup, keep: list[torch.nn.Module]) -> dict[str, Any]:
     """Evaluate on the test split; write ``metrics.json`` and the trained model (``config.json``, weights).
     ``keep``: the modules the last phase froze (precise BatchNorm leaves them alone)."""
     _precise_bn(s, s.epochs, keep=keep)
-    metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=s.cfg.data.eval_batch_size, device=s.device)
+    metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=s.cfg.data.eval_batch_size, device=s.device,
+                       workers=s.cfg.data.workers)
     metrics["split"] = "test"
     described = s.distiller.describe() if hasattr(s.distiller, "describe") else {}
     if described:  # e.g. the teachers a distiller used and their resolved revisions
@@ -460,8 +500,11 @@ def _tidy_interrupted_saves(out: Path) -> None:
         print(f"tidied {out} after an interrupted save: " + "; ".join(done))
 
 
-def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, progress: bool) -> dict[str, float]:
-    """One epoch of steps of the phase ``run``; returns the mean of each loss term."""
+def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgress,
+                 progress: bool) -> dict[str, float]:
+    """One epoch of steps of the phase ``run``, from step ``so_far.step`` on (more than 0 when resumed from a step
+    checkpoint), updating ``so_far`` and writing a step checkpoint every ``train.checkpoint_every_steps`` steps of
+    the run; returns the mean of each loss term over the epoch."""
     from tqdm.auto import tqdm
 
     cfg, epoch, steps = s.cfg, state.epoch, s.steps_per_epoch
@@ -470,17 +513,16 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, progress: bool) -> 
         module.eval()
     sampler = s.phase_samplers.get(run.phase.index, s.sampler)
     listeners = s.listeners(run.phase)
-    batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
-                              augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True)
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    batches = _epoch_batches(s, sampler, epoch, generator, skip=so_far.step)
     autocast = (torch.autocast(s.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
                 else contextlib.nullcontext())
-    sums: dict[str, float] = {}
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress, mininterval=1.0)
-    for step, (x, y) in enumerate(bar):
+    sums, every, clock = so_far.sums, cfg.train.checkpoint_every_steps, time.perf_counter() - so_far.seconds
+    bar = tqdm(batches, total=steps, initial=so_far.step, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress,
+               mininterval=1.0)
+    for step, (x, y) in enumerate(bar, start=so_far.step):
         run.optimizer.zero_grad(set_to_none=True)
-        for p in plan_passes(sampler, x, y, epoch=epoch, num_epochs=s.epochs, generator=generator,
-                             progress=(epoch + step / steps) / s.epochs, num_members=s.model.num_members):
+        for p in _plan(s, sampler, x, y, epoch, step, generator):
             with autocast:
                 try:
                     terms = _loss_terms(s, run, p)
@@ -505,9 +547,36 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, progress: bool) -> 
         run.scheduler.step()
         state.step += 1
         notify(listeners, "on_step_end", state)
+        so_far.step, so_far.seconds = step + 1, time.perf_counter() - clock
+        if every and state.step % every == 0 and so_far.step < steps:  # an epoch's end has a checkpoint of its own
+            _save(state.out, epoch, s, run, so_far)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(sums.values()) / (step + 1):.3f}", refresh=False)
     return {k: v / steps for k, v in sums.items()}
+
+
+def _epoch_batches(s: Setup, sampler: Any, epoch: int, generator: torch.Generator,
+                   skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of ``epoch`` from step ``skip`` on. The ``skip`` batches before (a resume from a step
+    checkpoint) are drawn and planned again, without training, so that the data's and the sampler's generators, and
+    whatever the sampler keeps of the epoch (a pool of batches), are as the uninterrupted run left them; the global
+    RNG, which the checkpoint restored, is left as it is."""
+    cfg = s.cfg
+    batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
+                              augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True,
+                              workers=cfg.data.workers)
+    if skip:
+        with torch.random.fork_rng(devices=[]):
+            for step, (x, y) in enumerate(islice(batches, skip)):
+                _plan(s, sampler, x, y, epoch, step, generator)
+    return batches
+
+
+def _plan(s: Setup, sampler: Any, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int,
+          generator: torch.Generator) -> list[Pass]:
+    """The sampler's passes for step ``step`` of ``epoch`` (0-based), with the context samplers may ask for."""
+    return plan_passes(sampler, x, y, epoch=epoch, num_epochs=s.epochs, generator=generator,
+                       progress=(epoch + step / s.steps_per_epoch) / s.epochs, num_members=s.model.num_members)
 
 
 def _on_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -522,7 +591,8 @@ def _precise_bn(s: Setup, epoch: int, keep: list[torch.nn.Module] = ()) -> None:
     modules in ``keep`` (frozen in this phase) keep theirs."""
     if s.cfg.train.precise_bn:
         batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
-                                  augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True)
+                                  augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True,
+                                  workers=s.cfg.data.workers)
         inputs = (_on_device(x, s.device, s.cfg.train.channels_last) for x, _ in batches)
         used = precise_bn(s.model, inputs, s.cfg.train.precise_bn, keep=keep)
         if used is not None and used < s.cfg.train.precise_bn:
@@ -555,7 +625,7 @@ def _log_epoch(s: Setup, run: PhaseRun, out: Path, epoch: int, losses: dict[str,
     split = "val" if "val" in s.splits else "test"
     _precise_bn(s, epoch, keep=run.held)
     measured = evaluate(s.model, s.splits[split], s.info, batch_size=cfg.data.eval_batch_size, device=s.device,
-                        flops=False)
+                        flops=False, workers=cfg.data.workers)
     steps = s.steps_per_epoch
     phase = {"phase": run.phase.name} if len(s.phases) > 1 else {}
     record = {"epoch": epoch + 1, **phase, "lr": lr, "seconds": round(seconds, 2),
@@ -578,14 +648,18 @@ class _Both(torch.nn.Module):
             self.phase_distillers = torch.nn.ModuleDict({str(i): d for i, d in s.phase_distillers.items()})
 
 
-def _save(out: Path, epoch: int, s: Setup, run: PhaseRun) -> None:
-    """Checkpoint the state after ``epoch`` with the resolved config (a resume checks it) and the phase, then keep
-    only the newest ``train.keep_checkpoints``."""
+def _save(out: Path, epoch: int, s: Setup, run: PhaseRun, so_far: EpochProgress | None = None) -> None:
+    """Checkpoint the state after ``epoch`` epochs (``epoch-NNNN``) or, with ``so_far``, after ``so_far.step`` steps
+    of the next one (``epoch-NNNN-step-SSSSSS``, with the epoch's loss sums), with the resolved config (a resume
+    checks it) and the phase; then keep only the newest ``train.keep_checkpoints`` of both kinds."""
     directory = out / CHECKPOINTS_DIR
-    state = {"epoch": epoch, "phase": run.phase.index, "config": OmegaConf.to_container(s.cfg, resolve=True)}
-    save_checkpoint(directory / f"epoch-{epoch:04d}", model=_Both(s), optimizer=run.optimizer,
-                    scheduler=run.scheduler, extra_state=state)
-    for old in sorted(directory.glob("epoch-*"))[:-s.cfg.train.keep_checkpoints]:
+    name = f"epoch-{epoch:04d}" + (f"-step-{so_far.step:06d}" if so_far is not None else "")
+    state = {"epoch": epoch, "phase": run.phase.index, "config": OmegaConf.to_container(s.cfg, resolve=True),
+             **(so_far.record() if so_far is not None else {})}
+    save_checkpoint(directory / name, model=_Both(s), optimizer=run.optimizer, scheduler=run.scheduler,
+                    extra_state=state)
+    newest_last = sorted(directory.glob("epoch-*"), key=lambda path: checkpoint_order(path.name))
+    for old in newest_last[:-s.cfg.train.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
 
 

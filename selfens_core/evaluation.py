@@ -5,14 +5,15 @@ from typing import Any
 
 import torch
 
-from .data import DatasetInfo, Split, iterate_batches
+from .data import AnySplit, DatasetInfo, iterate_batches
 from .ensemble import SelfEnsemble
 from .metrics import MetricAccumulator, count_flops, count_params
 
 
 @torch.no_grad()
-def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size: int = 500,
-             device: torch.device | str = "cpu", flops: bool = True, progress: bool = False) -> dict[str, Any]:
+def evaluate(model: SelfEnsemble, split: AnySplit, info: DatasetInfo, *, batch_size: int = 500,
+             device: torch.device | str = "cpu", flops: bool = True, progress: bool = False,
+             workers: int = 0) -> dict[str, Any]:
     """Metrics of ``model`` on ``split`` for each budget in ``model.budgets()``.
 
     All members run once per batch; a budget of ``k`` members combines the first ``k`` member outputs through
@@ -22,7 +23,7 @@ def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size
 
     Non-finite images or logits are refused (a ValueError naming the images' indices in ``split``) rather than scored:
     NaN probabilities would turn NLL, ECE and Brier into NaN and count as wrong answers in accuracy. An empty split is
-    refused too.
+    refused too. ``workers``: ``DataLoader`` processes that assemble the batches (see ``iterate_batches``).
     """
     from tqdm.auto import tqdm
 
@@ -32,7 +33,8 @@ def evaluate(model: SelfEnsemble, split: Split, info: DatasetInfo, *, batch_size
     model.eval()
     budgets = model.budgets()
     acc = MetricAccumulator(model.num_members, budgets)
-    batches = iterate_batches(split, info, batch_size=batch_size, train=False, augment=False, seed=0, epoch=0)
+    batches = iterate_batches(split, info, batch_size=batch_size, train=False, augment=False, seed=0, epoch=0,
+                              workers=workers)
     start = 0
     for x, y in tqdm(batches, total=-(-len(split) // batch_size), desc="eval", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)

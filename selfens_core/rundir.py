@@ -48,8 +48,11 @@ ABSENT = "<absent>"  # the value of a config key one of two compared configs lac
 # Config keys a resume may change without changing the result (the change is still recorded).
 RESULT_NEUTRAL_KEYS = {
     "train.keep_checkpoints": "how many checkpoints are kept",
+    "train.checkpoint_every_steps": "how often checkpoints are written",
     "data.eval_batch_size": "batch size of evaluation (eval mode: per-image results)",
     "data.root": "where the dataset files are",
+    "data.stream": "whether images are held in memory or decoded per batch (the same batches)",
+    "data.workers": "how many processes assemble the batches (the same batches)",
 }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from selfens_core import checkpoint as ckpt
 from selfens_core.checkpoint import (
     CheckpointError,
+    checkpoint_order,
     clean_interrupted_saves,
     latest_checkpoint,
     load_checkpoint,
@@ -233,6 +234,15 @@ def test_latest_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "epoch-0011").mkdir()  # incomplete
     (tmp_path / "checkpoints" / ".epoch-0012.tmp-abc").mkdir()  # a save in progress
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "epoch-0010"
+
+
+def test_step_checkpoints_sort_between_the_epoch_checkpoints_around_them(tmp_path):
+    names = ["epoch-0010", "epoch-0003-step-1000000", "epoch-0003", "epoch-0003-step-999999", "epoch-0003-step-000040"]
+    assert sorted(names, key=checkpoint_order) == [
+        "epoch-0003", "epoch-0003-step-000040", "epoch-0003-step-999999", "epoch-0003-step-1000000", "epoch-0010"]
+    for name in names[1:]:  # wider step numbers than the name's format pads to still count as numbers
+        save_checkpoint(tmp_path / "checkpoints" / name, model=_net(0), rng=False)
+    assert latest_checkpoint(tmp_path).name == "epoch-0003-step-1000000"
 
 
 def test_weights_and_checkpoints_get_the_mode_the_umask_gives_any_file(tmp_path):

@@ -116,6 +116,9 @@ def test_empty_config_file_is_the_defaults(tmp_path):
     ("train.milestones=[30,60]", r"'train.milestones' is out of range: \[30.0, 60.0\]; expected fractions of training"),
     ("train.warmup_epochs=20", r"'train.warmup_epochs' is out of range: 20.0; expected in \[0, train.epochs\]"),
     ("train.grad_clip=0", r"'train.grad_clip' is out of range: 0.0; expected null or > 0"),
+    ("train.checkpoint_every_steps=-1", r"'train.checkpoint_every_steps' is out of range: -1; expected >= 0"),
+    ("data.workers=-1", r"'data.workers' is out of range: -1; expected >= 0"),
+    ("data.stream=true", r"'data.stream' is true, but data.name 'fashion-mnist' is held in memory"),
     ("data.eval_batch_size=0", r"'data.eval_batch_size' is out of range: 0; expected >= 1"),
     ("data.subset=0", r"'data.subset' is out of range: 0; expected null \(all images\) or >= 1"),
 ])

@@ -354,6 +354,83 @@ def test_imagefolder(tmp_path: Path) -> None:
     assert info.class_names == ("cat", "dog") and info.input_size == (3, 32, 32)
 
 
+def _write_noise_images(folder: Path, per_class: int, seed: int) -> None:
+    """``per_class`` noise images of assorted sizes in classes a, b, c, some RGB and some greyscale PNGs."""
+    gen = torch.Generator().manual_seed(seed)
+    for label in "abc":
+        (folder / label).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = torch.randint(20, 48, (2,), generator=gen).tolist()
+            pixels = torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).convert("RGB" if i % 3 else "L").save(folder / label / f"{i}.png")
+
+
+def _all_batches(splits: dict, info: DatasetInfo, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every batch the engine reads: two augmented training epochs, then each split in order."""
+    batches = [b for epoch in (0, 1) for b in iterate_batches(splits["train"], info, batch_size=8, train=True,
+                                                              augment=True, seed=3, epoch=epoch, drop_last=True,
+                                                              workers=workers)]
+    for name in sorted(splits):
+        batches += iterate_batches(splits[name], info, batch_size=7, train=False, augment=False, seed=0, epoch=0,
+                                   workers=workers)
+    return batches
+
+
+def test_streamed_imagefolder_yields_the_batches_of_the_in_memory_one(tmp_path: Path) -> None:
+    """Images decoded per batch (``stream``), batches assembled by DataLoader workers or not: the same info, the same
+    seeded subset and validation cut, and bit-identical batches (order, crops, flips, normalisation)."""
+    _write_noise_images(tmp_path / "train", 14, seed=0)
+    _write_noise_images(tmp_path / "val", 3, seed=1)
+    name, cuts = f"imagefolder:{tmp_path}", {"subset": 36, "val_split": 0.25, "seed": 2}
+    info, splits = load_dataset(name, **cuts)
+    expected = _all_batches(splits, info, workers=0)
+    assert data.augmentation_for(info).crop_pad and data.augmentation_for(info).hflip
+    for stream, workers in ((True, 0), (True, 2), (False, 2)):
+        global_rng = torch.get_rng_state()
+        streamed_info, streamed = load_dataset(name, stream=stream, workers=workers, **cuts)
+        assert streamed_info == info and streamed.keys() == splits.keys()
+        assert all(isinstance(s, data.FileSplit) == stream for s in streamed.values())
+        batches = _all_batches(streamed, streamed_info, workers)
+        assert torch.equal(torch.get_rng_state(), global_rng)  # e.g. the model's initialisation is left alone
+        assert len(batches) == len(expected)
+        assert all(torch.equal(x, ex) and torch.equal(y, ey) for (x, y), (ex, ey) in zip(batches, expected))
+
+
+def test_training_on_a_streamed_imagefolder_with_workers_ends_with_the_in_memory_weights(tmp_path: Path) -> None:
+    """The engine passes data.stream and data.workers to every read: training, precise BatchNorm, evaluation."""
+    from safetensors.torch import load_file
+
+    from selfens_core import engine
+    from selfens_core.config import load_config
+
+    _write_noise_images(tmp_path / "images" / "train", 16, seed=0)
+    _write_noise_images(tmp_path / "images" / "val", 2, seed=1)
+    common = ["model.name=hne-resnet-small", "model.args.num_members=2", f"data.name=imagefolder:{tmp_path / 'images'}",
+              "data.val_split=0.25", "train.batch_size=12", "train.epochs=1", "train.precise_bn=1"]
+    for run, options in (("memory", []), ("streamed", ["data.stream=true", "data.workers=2"])):
+        engine.train(load_config(None, [*common, *options]), tmp_path / run, progress=False)
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("memory", "streamed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [(tmp_path / run / "metrics.json").read_text() for run in ("memory", "streamed")]
+    assert metrics[0] == metrics[1]
+
+
+def test_a_streamed_image_that_does_not_decode_is_named_when_read(tmp_path: Path) -> None:
+    _write_noise_images(tmp_path / "train", 2, seed=0)
+    _write_noise_images(tmp_path / "val", 1, seed=1)
+    bad = tmp_path / "val" / "b" / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    info, splits = load_dataset(f"imagefolder:{tmp_path}", stream=True)  # only training images are decoded now
+    with pytest.raises(ValueError, match=r"imagefolder: cannot read the image .*broken\.png.*replace or remove"):
+        list(iterate_batches(splits["test"], info, batch_size=2, train=False, augment=False, seed=0, epoch=0,
+                             workers=2))
+
+
+def test_only_an_imagefolder_streams() -> None:
+    with pytest.raises(ValueError, match=r"data.stream.*'digits' is held in memory"):
+        load_dataset("digits", stream=True)
+
+
 def test_imagefolder_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train"):
         load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")

@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from selfens_core import checkpoint, engine, rundir
+from selfens_core import checkpoint, data, engine, rundir
 from selfens_core.config import load_config
 from selfens_core.distillers import Independent
+from selfens_core.hookspecs import hookimpl
 from selfens_core.pretrained import load_pretrained
 
 TINY = ["model.name=hne-resnet-small", "model.args.num_members=2", "data.name=digits", "data.subset=96",
@@ -131,6 +132,65 @@ def test_resume_after_a_kill_ends_bit_identical_with_one_record_per_epoch_and_no
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
     resumes = [json.loads(line) for line in (tmp_path / "resumed" / "resumes.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["checkpoint"], r["changes"]) for r in resumes] == [(1, "epoch-0001", {})]
+
+
+class _Jitter:
+    """A callback that draws from the global RNG at every step (noise on one weight): a resume must restore it."""
+
+    def on_step_end(self, state):
+        with torch.no_grad():
+            weight = next(state.model.parameters())
+            weight.add_(torch.randn_like(weight), alpha=1e-4)
+
+
+class _JitterPlugin:
+    @hookimpl
+    def register_callbacks(self, register):
+        register("jitter", _Jitter)
+
+
+def _without_timing(log: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+            for line in log.read_text().splitlines()]
+
+
+def test_resume_from_step_checkpoints_ends_bit_identical(tmp_path, monkeypatch, register_plugin,
+                                                         kill_after_checkpoints):
+    """Killed after a step checkpoint of the first epoch (before any epoch checkpoint) and again inside the second,
+    the run ends with the weights and epoch records of an uninterrupted run without step checkpoints. Every random
+    stream is in play: the data's augmentation, the shuffled sampler's generator and the pool of batches it keeps,
+    and the global RNG (a callback)."""
+    register_plugin(_JitterPlugin(), "jitter-plugin")
+    monkeypatch.setitem(data.AUGMENTATIONS, "digits", data.Augmentation(crop_pad=1, hflip=True))
+
+    def train(out: Path, *overrides: str, **options):
+        cfg = load_config(None, [*TINY, "sampler.name=shuffled", "sampler.args.shuffle_epochs=1.0", *overrides])
+        return engine.train(OmegaConf.merge(cfg, {"callbacks": [{"name": "jitter"}]}), out, progress=False, **options)
+
+    train(tmp_path / "uninterrupted")
+    run = tmp_path / "run"
+    kill_after_checkpoints("epoch-0000-step-000002", "epoch-0001-step-000001")
+    for _ in range(2):  # 3 steps per epoch, a checkpoint every 2 steps of the run: after steps 2 and 4
+        with pytest.raises(KeyboardInterrupt):
+            train(run, "train.checkpoint_every_steps=2", resume=True)
+    train(run, "train.checkpoint_every_steps=2", resume=True)
+
+    a, b = load_file(tmp_path / "uninterrupted" / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert _without_timing(run / "metrics.jsonl") == _without_timing(tmp_path / "uninterrupted" / "metrics.jsonl")
+    resumes = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["checkpoint"]) for r in resumes] == [
+        (0, 2, "epoch-0000-step-000002"), (1, 1, "epoch-0001-step-000001")]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0001-step-000001", "epoch-0002"]
+
+
+def test_a_step_checkpoint_from_a_longer_epoch_is_refused(tmp_path, kill_after_checkpoints):
+    run = tmp_path / "run"
+    kill_after_checkpoints("epoch-0000-step-000002")
+    with pytest.raises(KeyboardInterrupt):
+        _train(run, "train.checkpoint_every_steps=2")
+    with pytest.raises(rundir.ConfigChanged, match="after step 2 of epoch 1, but an epoch now has 2 steps"):
+        _train(run, "train.checkpoint_every_steps=2", "data.subset=64", resume=True, allow_changes=["data.subset"])
 
 
 # ---------------------------------------------------------------------------------------- what is never overwritten

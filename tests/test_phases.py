@@ -65,6 +65,23 @@ def test_resume_in_the_middle_of_a_later_phase_ends_bit_identical(two_phases, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_from_step_checkpoints_inside_a_later_phase_ends_bit_identical(two_phases, tmp_path,
+                                                                             kill_after_checkpoints):
+    """Killed one step into the merge phase's first epoch (its optimizer and schedule must come from the step
+    checkpoint, and the phase must not start again) and two steps into its second epoch."""
+    kill_after_checkpoints("epoch-0001-step-000001", "epoch-0002-step-000002")
+    options = ["train.precise_bn=2", "train.keep_checkpoints=3", "train.checkpoint_every_steps=2"]
+    for _ in range(2):  # 3 steps per epoch: step checkpoints after steps 2, 4 and 8 of the run
+        with pytest.raises(KeyboardInterrupt):
+            _train(tmp_path / "run", TWO_PHASES, *options, resume=True)
+    _train(tmp_path / "run", TWO_PHASES, *options, resume=True)
+    a, b = load_file(two_phases / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[OmegaConf.create(line).loss for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (two_phases, tmp_path / "run")]
+    assert losses[0] == losses[1]
+
+
 class _Recorder:
     """A callback recording every event as (event, phase name, epoch, step)."""
 
