@@ -3,6 +3,7 @@ config end to end. Tiny WRNs (depth 10, width 1) and fake data keep it fast."""
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,27 @@ def test_every_pruning_method_reaches_the_requested_sparsity(method, sparsity):
     kept, total = kept_fraction(model)
     assert kept == keep_count(total, sparsity)
     assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+def test_pruning_a_timm_resnet_scores_every_residual_conv(method):
+    """timm zero-initialises each residual branch's last BatchNorm scale, which zeroes every score inside the
+    branches: the builder turns it off, so each conv keeps weights chosen by score, not by tie order."""
+    model = selfens_core.create("nfe-resnet10t", num_classes=5, in_chans=1, num_members=2, small_images=True,
+                                channels=[8, 16, 16, 32], stem_width=8, pruning=method)
+    gen = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no weight kept by tie order
+        model.prepare(model, iter([(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 5, (16,)))]))
+    for name, layer in model.named_modules():
+        if ".conv" in name and hasattr(layer, "parametrizations"):
+            assert mask_of(layer).any(), f"{method} pruned all of {name}"
+
+
+def test_weights_kept_by_tie_order_are_reported():
+    with pytest.warns(UserWarning, match="2 were chosen by tie order among 4 weights scoring exactly 0"):
+        keep = top_k([torch.tensor([0.0, 0.5, 0.0]), torch.tensor([0.0, 0.0])], 3)
+    assert sum(int(k.sum()) for k in keep) == 3 and keep[0][1]
 
 
 def test_sparsity_zero_groups_without_pruning():

@@ -27,7 +27,15 @@ def nfe_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members:
     """``num_members`` exits fissioned from timm ``backbone``: exit e ≥ 1 branches after stage ``branch_after[e-1]``
     (default: after stage e). ``pruning`` (snip, grasp, synflow, random) at ``sparsity`` (the fraction of the
     stem's and stages' conv weights pruned) runs when training starts. ``small_images`` and ``timm_kwargs`` go to
-    ``selfens_core.factory.create_backbone`` (e.g. ``channels``, or ``depth`` / ``widen_factor`` of a WRN)."""
+    ``selfens_core.factory.create_backbone`` (e.g. ``channels``, or ``depth`` / ``widen_factor`` of a WRN).
+
+    timm's ResNets are built with ``zero_init_last=False`` unless asked otherwise: timm's default zeroes the last
+    BatchNorm scale of every residual branch, which gives every conv inside a branch exactly zero gradient at
+    initialisation, so SNIP, GraSP and SynFlow would score them all 0 and could not choose among them."""
+    from timm.models import is_model_in_modules
+
+    if is_model_in_modules(backbone, ("resnet",)):
+        timm_kwargs.setdefault("zero_init_last", False)
     network = create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, small_images=small_images,
                               **timm_kwargs)
     return FissionEnsemble(backbone_parts(network, backbone), num_members=num_members, num_classes=num_classes,

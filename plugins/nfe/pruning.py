@@ -18,6 +18,7 @@ scoring, and applies ``nll_loss`` to raw logits).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -30,6 +31,7 @@ METHODS = ("snip", "grasp", "synflow", "random")
 SCORE_IMAGES = 512  # SNIP and GraSP score on one batch of this many training images (fewer if the data has fewer)
 GRASP_TEMPERATURE = 200.0
 SYNFLOW_ROUNDS = 100
+TIED_KEEP_LIMIT = 0.01  # a warning when more than this fraction of the kept weights is chosen by tie order
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -132,6 +134,15 @@ def top_k(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
     if not torch.isfinite(flat).all():
         raise ValueError("pruning scores are not finite (the network's outputs overflowed or are NaN at "
                          "initialisation); try another pruning method or check the initialisation")
+    top = torch.topk(flat, count, sorted=False)
+    threshold = top.values.min() if count else flat.new_tensor(float("inf"))
+    by_tie, tied = count - int((flat > threshold).sum()), int((flat == threshold).sum())
+    if tied > by_tie > TIED_KEEP_LIMIT * count:  # the order of equal scores chooses some of the kept weights
+        warnings.warn(f"pruning scores tell too few weights apart: of the {count:,} weights kept, {by_tie:,} were "
+                      f"chosen by tie order among {tied:,} weights scoring exactly {threshold.item():g}. Causes: "
+                      "layers with zero gradient at initialisation (a BatchNorm scale initialised to 0, as timm's "
+                      "zero_init_last), 3×3 taps that never meet the image (a 1×1 feature map: use small_images), "
+                      "or, for GraSP, zero scores ranking above negative ones", stacklevel=2)
     keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[torch.topk(flat, count, sorted=False).indices] = True
+    keep[top.indices] = True
     return [part.view_as(s) for part, s in zip(keep.split([s.numel() for s in scores]), scores)]
