@@ -98,9 +98,8 @@ def grasp_scores(net: nn.Module, layers: list[nn.Module], images: torch.Tensor, 
     """θ ⊙ Hg per weight, g the gradient of the loss on the batch (logits / T) and H its Hessian: GraSP removes the
     weights with the largest −θ ⊙ Hg, so the largest of these are kept."""
     params = [stored_weight(layer) for layer in layers]
-    fixed = torch.autograd.grad(F.cross_entropy(net(images) / temperature, labels), params)
     grads = torch.autograd.grad(F.cross_entropy(net(images) / temperature, labels), params, create_graph=True)
-    flow = sum((g * f).sum() for g, f in zip(grads, fixed))
+    flow = sum((g * g.detach()).sum() for g in grads)  # one forward: both factors from the same (dropout) network
     hessian_grad = torch.autograd.grad(flow, params)
     return [_effective(layer) * hg for hg, layer in zip(hessian_grad, layers)]
 
