@@ -165,11 +165,36 @@ def _read_yaml(path: str | Path) -> DictConfig:
     return loaded
 
 
-def _parse_overrides(overrides: list[str]) -> DictConfig:
+def _apply_overrides(schema: DictConfig, cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``cfg`` with ``key=value`` overrides: merged as one dotlist, except those that reach into a list entry
+    (``phases.0.epochs=3`` or ``phases[0].epochs=3``), which update that entry in place, after the others."""
     for item in overrides:
         if "=" not in item or not item.partition("=")[0].strip():
             raise ConfigError(f"override {item!r} is not key=value, e.g. train.epochs=3")
-    return OmegaConf.from_dotlist(list(overrides))
+    into_list = [o for o in overrides if _reaches_into_list(o.partition("=")[0])]
+    cfg = _merge(schema, cfg, OmegaConf.from_dotlist([o for o in overrides if o not in into_list]))
+    for item in into_list:
+        key, _, raw = item.partition("=")
+        section = key.split(".")[0].split("[")[0]
+        entries = len(cfg[section]) if section in cfg and OmegaConf.is_list(cfg[section]) else 0
+        try:
+            OmegaConf.update(cfg, key.strip(), OmegaConf.from_dotlist([f"value={raw}"])["value"], merge=True)
+        except OmegaConfBaseException as error:
+            reason = str(error).splitlines()[0]
+            if "is not a subclass" in reason:  # an index past the end: OmegaConf would append an empty entry
+                reason = f"{section} has {entries} entries (0 to {entries - 1}); set the whole list to add one"
+            elif type(error).__name__ in ("ConfigAttributeError", "ConfigKeyError") \
+                    and getattr(error, "object_type", None) in _LIST_SECTIONS:  # an unknown key inside an entry
+                allowed = ", ".join(f.name for f in dataclasses.fields(error.object_type))
+                reason = f"unknown key; allowed in a {_LIST_SECTIONS[error.object_type]} entry: {allowed}"
+            raise ConfigError(f"override {item!r}: bad value for config key "
+                              f"{getattr(error, 'full_key', None) or key!r}: {reason}") from None
+    return cfg
+
+
+def _reaches_into_list(key: str) -> bool:
+    """Whether a dotted override key indexes a list: ``phases.0.epochs`` or ``phases[0].epochs``."""
+    return "[" in key or any(part.strip().isdigit() for part in key.split("."))
 
 
 _LIST_SECTIONS = {PhaseConfig: "phases", PhaseOptimizerConfig: "phases[i].optimizers", CallbackConfig: "callbacks"}
@@ -201,7 +226,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
     cfg = schema
     if path is not None:
         cfg = _merge(schema, cfg, _read_yaml(path), f"config file {path}: ")
-    cfg = _merge(schema, cfg, _parse_overrides(list(overrides)))
+    cfg = _apply_overrides(schema, cfg, list(overrides))
     try:
         OmegaConf.resolve(cfg)  # a bad ${interpolation} is an error now, not a traceback later
     except OmegaConfBaseException as error:

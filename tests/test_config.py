@@ -127,6 +127,24 @@ def test_bad_config_values_say_what_is_expected(override, message):
         load_config(None, ["model.name=hne-resnet-small", override])
 
 
+SUPERNET = Path(__file__).parents[1] / "configs" / "supernet-mlp-fmnist.yaml"
+
+
+def test_overrides_reach_into_list_entries():
+    cfg = load_config(SUPERNET, ["phases.0.epochs=3", "phases[4].lr=0.5", "train.epochs=2"])
+    assert (cfg.phases[0].epochs, cfg.phases[4].lr, cfg.train.epochs) == (3, 0.5, 2)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("phases.9.epochs=3", r"'phases.9.epochs=3'.*phases has 5 entries \(0 to 4\)"),
+    ("phases.0.epochs=abc", r"'phases\[0\].epochs'.*could not be converted to Integer"),
+    ("phases.0.bogus=1", r"'phases\[0\].bogus': unknown key; allowed in a phases entry: name, epochs, trains"),
+])
+def test_bad_overrides_of_list_entries_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SUPERNET, [override])
+
+
 def test_interpolations_resolve_after_the_overrides():
     cfg = load_config(None, ["model.name=hne-resnet-small", "train.warmup_epochs=${train.epochs}", "train.epochs=4"])
     assert cfg.train.warmup_epochs == 4
