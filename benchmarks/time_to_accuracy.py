@@ -61,9 +61,10 @@ def main() -> None:
           + " | ".join(f"min to {100 * t:g}%" for t in args.targets) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(args.targets))
     for run in args.runs:
-        split, minutes, accuracy = read_curve(run, args.logged)
-        logged = read_curve(run, logged=True)[1][-1]
-        median = read_curve(run)[1][-1]
+        split, median_minutes, accuracy = read_curve(run)
+        logged_minutes = read_curve(run, logged=True)[1]
+        minutes = logged_minutes if args.logged else median_minutes
+        logged, median = logged_minutes[-1], median_minutes[-1]
         splits.add(split)
         budgets = sorted(accuracy, key=int)
         line, = ax.plot(minutes, accuracy[budgets[-1]], marker="o", label=f"{run.name} ({budgets[-1]} members)")
