@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,18 +20,52 @@ EVAL_METRICS, EVAL_PLOT = "metrics.json", "budget.png"  # what `selfens eval` wr
 
 def _train(args: argparse.Namespace) -> None:
     from .config import load_config
+    from .distributed import launched_world
     from .engine import train
     from .evaluation import format_budget_table
 
     if args.allow_change and not args.resume:
         raise SystemExit(f"error: --allow-change {' '.join(args.allow_change)} applies to --resume only (a new run "
                          "takes its config as given)")
+    if args.nproc < 1:
+        raise SystemExit(f"error: --nproc {args.nproc}: the number of processes must be at least 1")
+    if args.nproc > 1 and "WORLD_SIZE" in os.environ:
+        raise SystemExit("error: --nproc launches torchrun, and this process already runs under it; leave --nproc out")
     cfg = load_config(args.config, args.overrides)
+    if args.nproc > 1:
+        sys.exit(_launch(args.nproc, args.argv))
     metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change,
                     progress=not args.quiet)
+    if not launched_world().main:  # rank 0 reports
+        return
     print(f"\n{cfg.model.name} on {cfg.data.name} test set ({metrics['num_samples']} images):")
     print(format_budget_table(metrics))
     print(f"run directory: {args.out}")
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run this ``selfens train`` command (``argv`` without ``--nproc``) in ``nproc`` processes on this machine, as
+    ``torchrun --standalone --nproc-per-node nproc -m selfens_core.cli train ...``; returns its exit status."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "selfens_core.cli", *argv]
+    print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m selfens_core.cli "
+          + " ".join(argv), flush=True)
+    return subprocess.run(command).returncode
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` / ``--nproc=N``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -145,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --resume: accept a change of config KEY that changes the result (e.g. train.epochs); "
                    "recorded in resumes.jsonl and metrics.json. Repeat for several keys")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train in N processes on this machine (torchrun --standalone; one GPU each on CUDA); "
+                   "train.batch_size is the global batch. For several machines run torchrun yourself (docs/engine.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides (OmegaConf dotlist), e.g. train.epochs=2 data.subset=1000")
     p.set_defaults(func=_train)
@@ -172,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cli_zoo.add_parser(sub)
 
+    argv = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)  # overrides may follow the options
+    args.argv = _without_nproc(argv)
     if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
@@ -182,7 +222,21 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit("interrupted; continue with: selfens train CONFIG --out DIR --resume")
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        sys.exit(f"error: {error}")
+        sys.exit(_error_message(error))
+
+
+def _error_message(error: Exception) -> str | int:
+    """What a failed command prints. Among several processes (torchrun) the failing rank says which it is; a
+    config error, which every rank meets alike, is said by rank 0 alone (the others exit with status 1)."""
+    from .config import ConfigError
+    from .distributed import launched_world
+
+    world = launched_world()
+    if world.size == 1:
+        return f"error: {error}"
+    if isinstance(error, ConfigError) and not world.main:
+        return 1
+    return f"error (rank {world.rank} of {world.size}): {error}"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CHOICES = {
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 
@@ -50,7 +50,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: with N processes (torchrun), each takes batch_size / N of it
     optimizer: str = "sgd"  # a registered optimizer (`selfens plugins`)
     optimizer_args: Dict[str, Any] = field(default_factory=dict)  # its own arguments, e.g. {betas: [0.9, 0.99]}
     lr: float = 0.1
@@ -63,13 +63,14 @@ class TrainConfig:
     gamma: float = 0.1  # step schedule: the factor at each milestone
     warmup_epochs: float = 0.0
     grad_clip: Optional[float] = None  # max global gradient norm
-    precision: str = "fp32"
+    precision: str = "fp32"  # bf16: autocast; fp16 (CUDA only): autocast with a gradient scaler
     channels_last: bool = False
     device: str = "auto"
     seed: int = 0
     keep_checkpoints: int = 2
     checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (global); 0: at epoch ends only
     precise_bn: int = 0  # re-estimate BatchNorm statistics on this many training batches before each evaluation
+    sync_batchnorm: bool = False  # with several processes: BatchNorm normalises over the global batch, not the shard
 
 
 @dataclass

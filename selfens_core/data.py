@@ -188,7 +188,8 @@ def load_dataset(name: str, *, root: str | None = None, subset: int | None = Non
 
 def iterate_batches(split: AnySplit, info: DatasetInfo, *, batch_size: int, train: bool,
                     augment: bool, seed: int, epoch: int, drop_last: bool = False,
-                    workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    workers: int = 0, shard: tuple[int, int] = (0, 1),
+                    pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches: x float32 (B, C, H, W) normalised with ``info``, y int64.
 
     ``train=True`` shuffles, and (if ``augment``) applies the dataset's standard
@@ -197,6 +198,9 @@ def iterate_batches(split: AnySplit, info: DatasetInfo, *, batch_size: int, trai
     ``train=False`` goes in order and never augments (``augment`` is ignored).
     ``workers`` > 0 assembles the batches (decoding a :class:`FileSplit`'s files, cropping,
     flipping) in that many ``DataLoader`` processes; the batches are the same.
+    ``shard=(rank, size)`` yields only rank ``rank``'s contiguous part of every batch (:func:`shard_slice`; the batch
+    order and augmentation are drawn for the whole batch, so the ranks' parts together are the one-process batch).
+    ``pin_memory`` yields batches in page-locked memory, which a CUDA copy with ``non_blocking=True`` overlaps.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -205,9 +209,18 @@ def iterate_batches(split: AnySplit, info: DatasetInfo, *, batch_size: int, trai
     gen = _generator(seed, _EPOCH_STREAM, epoch) if train else None
     order = torch.randperm(len(split), generator=gen) if train else torch.arange(len(split))
     aug = augmentation_for(info) if train and augment else None
-    plan = _batch_plan(order, num_batches(split, batch_size, drop_last), batch_size, aug, gen)
+    plan = _batch_plan(order, num_batches(split, batch_size, drop_last), batch_size, aug, gen, shard)
     for images, labels in _assembled(split, plan, aug, workers):
-        yield images.float().div_(255.0).sub_(mean).div_(std), labels
+        images = images.float().div_(255.0).sub_(mean).div_(std)
+        yield (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
+
+
+def shard_slice(batch: int, rank: int, size: int) -> slice:
+    """The rows of a batch of ``batch`` images that rank ``rank`` of ``size`` takes: contiguous, as equal as can be
+    (the first ``batch % size`` ranks take one more; training batches divide evenly, the engine checks)."""
+    base, extra = divmod(batch, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 def num_batches(split: AnySplit, batch_size: int, drop_last: bool = False) -> int:
@@ -307,12 +320,20 @@ _Plan = Iterator[tuple[torch.Tensor, _Draws | None]]  # per batch: indices, augm
 
 
 def _batch_plan(order: torch.Tensor, count: int, batch_size: int, aug: Augmentation | None,
-                gen: torch.Generator | None) -> _Plan:
+                gen: torch.Generator | None, shard: tuple[int, int] = (0, 1)) -> _Plan:
     """The first ``count`` batches of ``order``: each one's indices and augmentation draws, drawn from ``gen`` as
-    the batch comes (so however far ahead workers are fed, every batch gets the numbers of its place)."""
+    the batch comes (so however far ahead workers are fed, every batch gets the numbers of its place); with
+    ``shard``, the rank's part of each."""
     for start in range(0, count * batch_size, batch_size):
         idx = order[start:start + batch_size]
-        yield idx, None if aug is None else _draw(aug, len(idx), gen)
+        draws = None if aug is None else _draw(aug, len(idx), gen)
+        if shard[1] > 1:
+            part = shard_slice(len(idx), *shard)
+            idx = idx[part]
+            if draws is not None:
+                draws = _Draws(None if draws.offsets is None else draws.offsets[:, part],
+                               None if draws.flips is None else draws.flips[part])
+        yield idx, draws
 
 
 class _Assemble(Dataset):

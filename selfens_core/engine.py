@@ -39,6 +39,18 @@ from .checkpoint import (
 )
 from .config import ConfigError, RunConfig, save_config
 from .data import AnySplit, DatasetInfo, iterate_batches, load_dataset, num_batches
+from .distributed import (
+    World,
+    average_batchnorm_statistics,
+    average_gradients,
+    broadcast_state,
+    from_main,
+    joined,
+    launched_world,
+    mean_over_ranks,
+    quiet_unless_main,
+    synced_batchnorm,
+)
 from .ensemble import NonFiniteInputError, SelfEnsemble
 from .evaluation import evaluate
 from .factory import (
@@ -71,6 +83,7 @@ from .rundir import (
 )
 from .samplers import Pass, plan_passes
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision that runs under autocast
 # The components every model has, and the core's default when its plugin names none.
 COMPONENT_DEFAULTS = {"distiller": "independent", "sampler": "all", "combiner": "mean_logits"}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -100,6 +113,7 @@ class Setup:
     phase_distillers: dict[int, torch.nn.Module]  # phases with their own objective
     phase_samplers: dict[int, Any]
     callbacks: list[Any]
+    world: World  # this process among the run's processes (torchrun); a world of one by default
 
     @property
     def epochs(self) -> int:
@@ -112,6 +126,11 @@ class Setup:
     def phase_at(self, epoch: int) -> Phase:
         """The phase that global epoch ``epoch`` (0-based) belongs to."""
         return next(p for p in self.phases if epoch < self.first_epoch(p) + p.epochs)
+
+    def batchnorm_scope(self) -> contextlib.AbstractContextManager:
+        """Where BatchNorm in training mode normalises: over the global batch with ``train.sync_batchnorm`` in a run
+        of several processes, else over this process's batch."""
+        return synced_batchnorm(self.world) if self.cfg.train.sync_batchnorm else contextlib.nullcontext()
 
     def listeners(self, phase: Phase) -> list[Any]:
         """What callbacks are called on, in order: the run's callbacks, then the model, its combiner, and the
@@ -133,6 +152,7 @@ class PhaseRun:
     held: list[torch.nn.Module]  # modules held in evaluation mode
     members_train: bool  # some parameter other than the combiner's trains
     combiner_trains: bool
+    scaler: torch.amp.GradScaler  # fp16's loss scale; disabled (a no-op) otherwise
 
 
 @dataclass
@@ -141,12 +161,13 @@ class EpochProgress:
     (its batches and the sampler's draws are replayed from ``(train.seed, epoch)``, see :func:`_epoch_batches`)."""
 
     step: int = 0  # steps done in the epoch
-    sums: dict[str, float] = field(default_factory=dict)  # each loss term summed over those steps
+    sums: dict[str, float] = field(default_factory=dict)  # each loss term summed over those steps (this rank's)
     seconds: float = 0.0  # the time they took
 
-    def record(self) -> dict[str, Any]:
-        """The checkpoint's ``extra_state`` entries (JSON floats read back bit-exact)."""
-        return {"step": self.step, "loss_sums": self.sums, "seconds": self.seconds}
+    def record(self, world: World) -> dict[str, Any]:
+        """The checkpoint's ``extra_state`` entries (JSON floats read back bit-exact); the loss sums are the mean
+        over ranks, which every rank resumes from (the mean over ranks of what they add to it is the epoch's)."""
+        return {"step": self.step, "loss_sums": mean_over_ranks(self.sums, world), "seconds": self.seconds}
 
     @classmethod
     def from_record(cls, extra_state: dict[str, Any]) -> EpochProgress:
@@ -154,12 +175,13 @@ class EpochProgress:
         return cls(extra_state.get("step", 0), extra_state.get("loss_sums", {}), extra_state.get("seconds", 0.0))
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, world: World | None = None) -> torch.device:
+    """The device ``train.device`` names; on CUDA, the GPU of this process's ``world.local_rank``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available; use train.device=auto")
-    return torch.device(name)
+    return torch.device("cuda", world.local_rank) if name == "cuda" and world else torch.device(name)
 
 
 def resolve_recipe(cfg: DictConfig) -> DictConfig:
@@ -230,9 +252,12 @@ def _check_phase(model: SelfEnsemble, phase: Phase) -> None:
             raise ConfigError(f"{where} optimizer {spec.optimizer!r}: {error}") from None
 
 
-def build(cfg: DictConfig) -> Setup:
-    """Resolve the config into model, components, phases and data; every error names the config key at fault."""
+def build(cfg: DictConfig, world: World | None = None) -> Setup:
+    """Resolve the config into model, components, phases and data; every error names the config key at fault.
+    ``world``: this process's place in a run of several (default: as ``torchrun`` describes it, else one)."""
+    world = world or launched_world()
     cfg = resolve_recipe(cfg)
+    _check_scale_out(cfg, world)
     recipe = recipe_defaults(cfg.model.name)
     torch.manual_seed(cfg.train.seed)
     distiller = _component(cfg, "distiller", "distillers")
@@ -263,7 +288,10 @@ def build(cfg: DictConfig) -> Setup:
                 raise ConfigError(f"{where}: {error}") from None
     for phase in phases:  # a config error now, before anything is written, not at the phase's start
         _check_phase(model, phase)
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device, world)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision is 'fp16', which trains with a gradient scaler on CUDA; this run is on "
+                          f"{device.type}: use train.precision=bf16 or fp32")
     model.to(device)
     for objective in (distiller, *phase_distillers.values()):
         objective.to(device)
@@ -271,7 +299,14 @@ def build(cfg: DictConfig) -> Setup:
         model.to(memory_format=torch.channels_last)
     steps = num_batches(splits["train"], cfg.train.batch_size, drop_last=True)
     return Setup(cfg, model, distiller, sampler, info, splits, device, steps, phases, phase_distillers,
-                 phase_samplers, callbacks)
+                 phase_samplers, callbacks, world)
+
+
+def _check_scale_out(cfg: DictConfig, world: World) -> None:
+    """The global batch must split evenly over the processes (each rank's mean loss then weighs the same)."""
+    if cfg.train.batch_size % world.size:
+        raise ConfigError(f"train.batch_size is the global batch, {cfg.train.batch_size}, which {world.size} "
+                          f"processes cannot share evenly; use a multiple of {world.size}")
 
 
 def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -281,17 +316,22 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
     ``resume`` continues from the newest checkpoint, refusing a config that changes the result unless each changed
     key is in ``allow_changes`` (recorded in ``resumes.jsonl``); ``overwrite`` replaces a run or model already in
     ``out_dir``, which is otherwise never touched. The directory is locked for the whole run (see :mod:`.rundir`).
+    Launched by ``torchrun``, each process trains its shard of every batch and rank 0 writes (:mod:`.distributed`).
     """
     out = Path(out_dir)
-    with locked(out):
-        _tidy_interrupted_saves(out)
-        last = check_target(out, resume=resume, overwrite=overwrite)
-        s = build(cfg)
+    with (joined(pick_device(cfg.train.device).type) as world, quiet_unless_main(world),
+          locked(out) if world.main else contextlib.nullcontext()):
+        if world.main:  # the others wait for its verdict on the directory, then read the same checkpoint
+            _tidy_interrupted_saves(out)
+        last = from_main(check_target(out, resume=resume, overwrite=overwrite) if world.main else None, world)
+        s = build(cfg, world)
         resumed, resumed_at = _check_resume(out, last, s, allow_changes) if last else (None, EpochProgress())
         if not resumed:
             _prepare(s)
+            broadcast_state(_Both(s), world)
         with _resumable_when_disk_full(out):
-            _begin(out, s, resumed, overwrite)
+            if world.main:
+                _begin(out, s, resumed, overwrite)
             start = resumed["epoch"] if resumed else 0
             state = TrainState(s.model, _phase_info(s, s.phase_at(min(start, s.epochs - 1))), s.steps_per_epoch,
                                out, step=start * s.steps_per_epoch + resumed_at.step, resumed=bool(resumed))
@@ -343,10 +383,13 @@ def _start_phase(s: Setup, phase: Phase, state: TrainState, resume_from: Path | 
     combiner_names = set(s.model.parameter_groups()["combiner"])
     run = PhaseRun(phase, optimizer, scheduler, schedule, trained, held,
                    members_train=any(n not in combiner_names for n in trained),
-                   combiner_trains=any(n in combiner_names for n in trained))
+                   combiner_trains=any(n in combiner_names for n in trained),
+                   scaler=torch.amp.GradScaler(s.device.type, enabled=s.cfg.train.precision == "fp16"))
     state.phase, state.optimizers = _phase_info(s, phase, trained, schedule), optimizer.optimizers
     if resume_from is not None:
         load_checkpoint(resume_from, model=_Both(s), optimizer=optimizer, scheduler=scheduler)
+        if "grad_scaler" in (extra := read_extra_state(resume_from)):
+            run.scaler.load_state_dict(extra["grad_scaler"])
     else:
         if len(s.phases) > 1:
             print(f"phase {phase.index + 1}/{len(s.phases)} {phase.name!r}: {phase.epochs} epoch(s), training "
@@ -398,7 +441,8 @@ def _check_covered(phase: Phase, trained: list[str], groups: list[list[torch.nn.
 
 def _prepare(s: Setup) -> None:
     """Let every component that defines ``prepare(model, batches)`` look at training data once, before any
-    optimizer exists (a fresh run only: what it decides is in the state dict, which a resume loads)."""
+    optimizer exists (a fresh run only: what it decides is in the state dict, which a resume loads). Every process
+    sees the whole batches, so all decide the same."""
     components = [s.model, s.model.combiner, s.distiller, *s.phase_distillers.values(), s.sampler,
                   *s.phase_samplers.values(), *s.callbacks]
     for component in components:
@@ -464,8 +508,10 @@ def _finish(out: Path, s: Setup, keep: list[torch.nn.Module]) -> dict[str, Any]:
     ``keep``: the modules the last phase froze (precise BatchNorm leaves them alone)."""
     _precise_bn(s, s.epochs, keep=keep)
     metrics = evaluate(s.model, s.splits["test"], s.info, batch_size=s.cfg.data.eval_batch_size, device=s.device,
-                       workers=s.cfg.data.workers)
+                       workers=s.cfg.data.workers, world=s.world)
     metrics["split"] = "test"
+    if not s.world.main:
+        return metrics
     described = s.distiller.describe() if hasattr(s.distiller, "describe") else {}
     if described:  # e.g. the teachers a distiller used and their resolved revisions
         metrics["distiller"] = described
@@ -515,15 +561,16 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgre
     listeners = s.listeners(run.phase)
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
     batches = _epoch_batches(s, sampler, epoch, generator, skip=so_far.step)
-    autocast = (torch.autocast(s.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (torch.autocast(s.device.type, dtype=AUTOCAST_DTYPES[cfg.train.precision])
+                if cfg.train.precision in AUTOCAST_DTYPES else contextlib.nullcontext())
+    trained = [p for group in run.optimizer.param_groups for p in group["params"]]
     sums, every, clock = so_far.sums, cfg.train.checkpoint_every_steps, time.perf_counter() - so_far.seconds
-    bar = tqdm(batches, total=steps, initial=so_far.step, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress,
-               mininterval=1.0)
+    bar = tqdm(batches, total=steps, initial=so_far.step, desc=f"epoch {epoch + 1}/{s.epochs}",
+               disable=not (progress and s.world.main), mininterval=1.0)
     for step, (x, y) in enumerate(bar, start=so_far.step):
         run.optimizer.zero_grad(set_to_none=True)
         for p in _plan(s, sampler, x, y, epoch, step, generator):
-            with autocast:
+            with autocast, s.batchnorm_scope():
                 try:
                     terms = _loss_terms(s, run, p)
                 except NonFiniteInputError as error:  # name the batch: (train.seed, epoch, step) reproduce it
@@ -538,12 +585,17 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgre
                     f"{epoch * steps + step + 1}; terms: {_fmt(terms)}). Training stopped; the last good "
                     f"checkpoint is {latest_checkpoint(state.out) or 'none (no epoch finished)'}. Try a lower "
                     f"train.lr, train.warmup_epochs or train.grad_clip.")
-            loss.backward()
+            run.scaler.scale(loss).backward()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
+        average_gradients(trained, s.world)
+        for optimizer in run.optimizer.optimizers:
+            run.scaler.unscale_(optimizer)
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], cfg.train.grad_clip)
-        run.optimizer.step()
+        for optimizer in run.optimizer.optimizers:
+            run.scaler.step(optimizer)
+        run.scaler.update()
         run.scheduler.step()
         state.step += 1
         notify(listeners, "on_step_end", state)
@@ -552,7 +604,7 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgre
             _save(state.out, epoch, s, run, so_far)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(sums.values()) / (step + 1):.3f}", refresh=False)
-    return {k: v / steps for k, v in sums.items()}
+    return mean_over_ranks({k: v / steps for k, v in sums.items()}, s.world)
 
 
 def _epoch_batches(s: Setup, sampler: Any, epoch: int, generator: torch.Generator,
@@ -564,7 +616,7 @@ def _epoch_batches(s: Setup, sampler: Any, epoch: int, generator: torch.Generato
     cfg = s.cfg
     batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
                               augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True,
-                              workers=cfg.data.workers)
+                              workers=cfg.data.workers, shard=s.world.shard, pin_memory=s.device.type == "cuda")
     if skip:
         with torch.random.fork_rng(devices=[]):
             for step, (x, y) in enumerate(islice(batches, skip)):
@@ -588,16 +640,19 @@ def _precise_bn(s: Setup, epoch: int, keep: list[torch.nn.Module] = ()) -> None:
     """With ``train.precise_bn=N``: BatchNorm statistics recomputed on N training batches (this epoch's order, no
     augmentation, like the images evaluated) with the current weights, so an evaluation never sees statistics that
     lag the weights (``batchnorm.py``). Stored in the model: checkpoints and the final weights carry them. The
-    modules in ``keep`` (frozen in this phase) keep theirs."""
+    modules in ``keep`` (frozen in this phase) keep theirs. With several processes each estimates on its shards and
+    the statistics are then averaged over them, as before any evaluation."""
     if s.cfg.train.precise_bn:
         batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
                                   augment=False, seed=s.cfg.train.seed, epoch=epoch, drop_last=True,
-                                  workers=s.cfg.data.workers)
+                                  workers=s.cfg.data.workers, shard=s.world.shard)
         inputs = (_on_device(x, s.device, s.cfg.train.channels_last) for x, _ in batches)
-        used = precise_bn(s.model, inputs, s.cfg.train.precise_bn, keep=keep)
+        with s.batchnorm_scope():
+            used = precise_bn(s.model, inputs, s.cfg.train.precise_bn, keep=keep)
         if used is not None and used < s.cfg.train.precise_bn:
             warnings.warn(f"train.precise_bn={s.cfg.train.precise_bn}, but the training split holds {used} batches: "
                           f"BatchNorm statistics were estimated on {used}", stacklevel=1)
+    average_batchnorm_statistics(s.model, s.world)
 
 
 def _loss_terms(s: Setup, run: PhaseRun, p: Pass) -> dict[str, torch.Tensor]:
@@ -625,7 +680,9 @@ def _log_epoch(s: Setup, run: PhaseRun, out: Path, epoch: int, losses: dict[str,
     split = "val" if "val" in s.splits else "test"
     _precise_bn(s, epoch, keep=run.held)
     measured = evaluate(s.model, s.splits[split], s.info, batch_size=cfg.data.eval_batch_size, device=s.device,
-                        flops=False, workers=cfg.data.workers)
+                        flops=False, workers=cfg.data.workers, world=s.world)
+    if not s.world.main:
+        return
     steps = s.steps_per_epoch
     phase = {"phase": run.phase.name} if len(s.phases) > 1 else {}
     record = {"epoch": epoch + 1, **phase, "lr": lr, "seconds": round(seconds, 2),
@@ -652,10 +709,14 @@ def _save(out: Path, epoch: int, s: Setup, run: PhaseRun, so_far: EpochProgress 
     """Checkpoint the state after ``epoch`` epochs (``epoch-NNNN``) or, with ``so_far``, after ``so_far.step`` steps
     of the next one (``epoch-NNNN-step-SSSSSS``, with the epoch's loss sums), with the resolved config (a resume
     checks it) and the phase; then keep only the newest ``train.keep_checkpoints`` of both kinds."""
+    average_batchnorm_statistics(s.model, s.world)  # every rank resumes, and goes on, from the same statistics
+    progress = so_far.record(s.world) if so_far is not None else {}
+    if not s.world.main:
+        return
     directory = out / CHECKPOINTS_DIR
     name = f"epoch-{epoch:04d}" + (f"-step-{so_far.step:06d}" if so_far is not None else "")
     state = {"epoch": epoch, "phase": run.phase.index, "config": OmegaConf.to_container(s.cfg, resolve=True),
-             **(so_far.record() if so_far is not None else {})}
+             **progress, **({"grad_scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {})}
     save_checkpoint(directory / name, model=_Both(s), optimizer=run.optimizer, scheduler=run.scheduler,
                     extra_state=state)
     newest_last = sorted(directory.glob("epoch-*"), key=lambda path: checkpoint_order(path.name))

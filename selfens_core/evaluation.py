@@ -5,7 +5,8 @@ from typing import Any
 
 import torch
 
-from .data import AnySplit, DatasetInfo, iterate_batches
+from .data import AnySplit, DatasetInfo, iterate_batches, shard_slice
+from .distributed import SINGLE, World, sum_over_ranks
 from .ensemble import SelfEnsemble
 from .metrics import MetricAccumulator, count_flops, count_params
 
@@ -13,7 +14,7 @@ from .metrics import MetricAccumulator, count_flops, count_params
 @torch.no_grad()
 def evaluate(model: SelfEnsemble, split: AnySplit, info: DatasetInfo, *, batch_size: int = 500,
              device: torch.device | str = "cpu", flops: bool = True, progress: bool = False,
-             workers: int = 0) -> dict[str, Any]:
+             workers: int = 0, world: World = SINGLE) -> dict[str, Any]:
     """Metrics of ``model`` on ``split`` for each budget in ``model.budgets()``.
 
     All members run once per batch; a budget of ``k`` members combines the first ``k`` member outputs through
@@ -24,6 +25,8 @@ def evaluate(model: SelfEnsemble, split: AnySplit, info: DatasetInfo, *, batch_s
     Non-finite images or logits are refused (a ValueError naming the images' indices in ``split``) rather than scored:
     NaN probabilities would turn NLL, ECE and Brier into NaN and count as wrong answers in accuracy. An empty split is
     refused too. ``workers``: ``DataLoader`` processes that assemble the batches (see ``iterate_batches``).
+    In a run of several processes (``world``), each scores its part of every batch and the metric sums are added up
+    over the processes: every process returns the metrics of the whole split.
     """
     from tqdm.auto import tqdm
 
@@ -34,9 +37,13 @@ def evaluate(model: SelfEnsemble, split: AnySplit, info: DatasetInfo, *, batch_s
     budgets = model.budgets()
     acc = MetricAccumulator(model.num_members, budgets)
     batches = iterate_batches(split, info, batch_size=batch_size, train=False, augment=False, seed=0, epoch=0,
-                              workers=workers)
-    start = 0
-    for x, y in tqdm(batches, total=-(-len(split) // batch_size), desc="eval", disable=not progress, leave=False):
+                              workers=workers, shard=world.shard)
+    for index, (x, y) in enumerate(tqdm(batches, total=-(-len(split) // batch_size), desc="eval",
+                                        disable=not progress, leave=False)):
+        if not len(x):  # this process's part of a last batch smaller than the number of processes
+            continue
+        first = index * batch_size
+        start = first + shard_slice(min(batch_size, len(split) - first), *world.shard).start  # for error messages
         x, y = x.to(device), y.to(device)
         _refuse_non_finite(x, start, f"are non-finite after normalisation with mean {info.mean} and std {info.std}",
                            "fix the data or the normalisation (a std of 0 divides by zero)")
@@ -45,7 +52,8 @@ def evaluate(model: SelfEnsemble, split: AnySplit, info: DatasetInfo, *, batch_s
         _refuse_non_finite(logits.transpose(0, 1), start, "got non-finite logits although they are finite",
                            "the model's weights are probably NaN or inf (a diverged run?)")
         acc.update(logits.cpu(), y.cpu(), lambda first, outputs=outputs: model.combine(outputs.first(len(first))).cpu())
-        start += len(x)
+    if world.size > 1:
+        acc.merge(sum_over_ranks)
     result = acc.compute()
     if flops:
         example = torch.zeros(1, *info.input_size, device=device)

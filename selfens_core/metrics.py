@@ -187,6 +187,27 @@ class MetricAccumulator:
         self._all_agree += _all_agree_count(predictions)
         self._num_samples += len(targets)
 
+    def merge(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Replace the running sums by ``reduce`` of them: every sum packed into one float64 tensor (exact for counts
+        below 2**53), e.g. summed over the processes that each accumulated a shard of the data."""
+        budgets = list(self._budget_stats.values())
+        flat = torch.cat([
+            torch.tensor([self._disagreeing_pairs, self._all_agree, self._num_samples], dtype=torch.float64),
+            self._member_correct.double(),
+            *(torch.cat([torch.tensor([b.correct, b.nll_sum, b.brier_sum], dtype=torch.float64),
+                         b.bin_counts.double(), b.bin_conf, b.bin_correct]) for b in budgets),
+        ])
+        parts = iter(reduce(flat).split([3, self.num_members, *(3 + 3 * len(b.bin_counts) for b in budgets)]))
+        pairs, agree, samples = next(parts).tolist()
+        self._disagreeing_pairs, self._all_agree, self._num_samples = int(pairs), int(agree), int(samples)
+        self._member_correct = next(parts).round().long()
+        for b, part in zip(budgets, parts):
+            n = len(b.bin_counts)
+            correct, b.nll_sum, b.brier_sum = part[:3].tolist()
+            b.correct = int(correct)
+            b.bin_counts, b.bin_conf, b.bin_correct = part[3:].split(n)
+            b.bin_counts = b.bin_counts.round().long()
+
     def compute(self) -> dict:
         """The metrics so far, as
         ``{"members": {str(k): {"acc", "nll", "ece", "brier"}}, "member_acc": [...], "disagreement", "agreement"}``.
