@@ -161,3 +161,19 @@ def test_world_from_the_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert launched_world() == World(3, 4, 1) and not launched_world().main and launched_world().shard == (3, 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_on_cuda_in_each_precision_learns_and_resumes(tmp_path, precision):
+    """A GPU run is a config change: the tiny HNE learns on CUDA at each precision (fp16 with its gradient scaler,
+    whose state a resume restores), and its weights come back to the CPU."""
+    args = ["model.name=hne-resnet-small", "model.args.num_members=2", "data.name=digits", "train.batch_size=32",
+            "train.epochs=3", "train.lr=0.05", "train.device=cuda", f"train.precision={precision}"]
+    metrics = engine.train(load_config(None, args), tmp_path / "run", progress=False)
+    assert metrics["members"]["2"]["acc"] > 0.8  # 0.91 on the CPU in fp32
+    engine.train(load_config(None, [*args, "train.epochs=4"]), tmp_path / "run", resume=True,
+                 allow_changes=["train.epochs"], progress=False)
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

@@ -257,6 +257,7 @@ def test_a_model_that_reports_its_own_cost_gets_it_beside_the_dense_count():
     assert all(m["flops"] > 20 for m in metrics["members"].values())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluation_combines_on_the_models_device_with_a_trainable_combiner():
     import selfens_core
