@@ -71,6 +71,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (global); 0: at epoch ends only
     precise_bn: int = 0  # re-estimate BatchNorm statistics on this many training batches before each evaluation
     sync_batchnorm: bool = False  # with several processes: BatchNorm normalises over the global batch, not the shard
+    compile: bool = False  # torch.compile the training forward (the first step compiles; its time is printed)
 
 
 @dataclass

@@ -114,6 +114,8 @@ class Setup:
     phase_samplers: dict[int, Any]
     callbacks: list[Any]
     world: World  # this process among the run's processes (torchrun); a world of one by default
+    forward: Any  # what a training pass calls: model.outputs, compiled with train.compile
+    compiled_phases: set[int] = field(default_factory=set)  # phases whose first step (compilation) was reported
 
     @property
     def epochs(self) -> int:
@@ -298,12 +300,16 @@ def build(cfg: DictConfig, world: World | None = None) -> Setup:
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     steps = num_batches(splits["train"], cfg.train.batch_size, drop_last=True)
+    forward = torch.compile(model.outputs) if cfg.train.compile else model.outputs
     return Setup(cfg, model, distiller, sampler, info, splits, device, steps, phases, phase_distillers,
-                 phase_samplers, callbacks, world)
+                 phase_samplers, callbacks, world, forward)
 
 
 def _check_scale_out(cfg: DictConfig, world: World) -> None:
     """The global batch must split evenly over the processes (each rank's mean loss then weighs the same)."""
+    if cfg.train.compile and cfg.train.sync_batchnorm and world.size > 1:
+        raise ConfigError("train.compile and train.sync_batchnorm cannot be combined yet (synced BatchNorm intercepts "
+                          "torch functions, which compiled code bypasses); turn one of them off")
     if cfg.train.batch_size % world.size:
         raise ConfigError(f"train.batch_size is the global batch, {cfg.train.batch_size}, which {world.size} "
                           f"processes cannot share evenly; use a multiple of {world.size}")
@@ -598,6 +604,10 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgre
         run.scaler.update()
         run.scheduler.step()
         state.step += 1
+        if cfg.train.compile and run.phase.index not in s.compiled_phases:
+            s.compiled_phases.add(run.phase.index)
+            print(f"\ntrain.compile: the phase's first step took {time.perf_counter() - clock - so_far.seconds:.1f} s, "
+                  "compilation included", flush=True)
         notify(listeners, "on_step_end", state)
         so_far.step, so_far.seconds = step + 1, time.perf_counter() - clock
         if every and state.step % every == 0 and so_far.step < steps:  # an epoch's end has a checkpoint of its own
@@ -663,7 +673,7 @@ def _loss_terms(s: Setup, run: PhaseRun, p: Pass) -> dict[str, torch.Tensor]:
     targets = p.targets.to(s.device, non_blocking=True)
     trains_combiner = run.combiner_trains and p.runs_all(s.model.num_members)
     with contextlib.nullcontext() if run.members_train else torch.no_grad():
-        outputs = s.model.outputs(inputs, members=p.members, features=trains_combiner and s.model.combines_features)
+        outputs = s.forward(inputs, members=p.members, features=trains_combiner and s.model.combines_features)
     terms = {}
     if run.members_train:
         distiller = s.phase_distillers.get(run.phase.index, s.distiller)
