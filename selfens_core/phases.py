@@ -177,8 +177,9 @@ def release(model: nn.Module) -> None:
 
 
 class OptimizerSet:
-    """Several optimizers stepped together as one (a phase with one optimizer per member). Its state dict lists
-    theirs, and loads a single optimizer's plain state dict when it holds one optimizer (runs of one optimizer)."""
+    """Several optimizers used together as one (a phase with one optimizer per member; the engine steps each through
+    the gradient scaler). Its state dict lists theirs, and loads a single optimizer's plain state dict when it holds
+    one optimizer (runs of one optimizer)."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
         self.optimizers = optimizers
@@ -190,10 +191,6 @@ class OptimizerSet:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for o in self.optimizers:
-            o.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [o.state_dict() for o in self.optimizers]}
