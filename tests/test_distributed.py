@@ -56,6 +56,19 @@ def test_two_processes_train_the_one_process_model(tmp_path):
     assert not (tmp_path / "two" / ".selfens-train.lock").exists()
 
 
+def test_samplers_whose_passes_run_some_members_train_in_two_processes(tmp_path):
+    """`listed` trains one member (the others get no gradient on any rank): the one-process model again. `shuffled`
+    runs one pass per member on its own draw from a pool of the rank's shards: not the one-process batches, but every
+    rank plans the same members (checked each step), and it learns."""
+    listed = [*MLP, "train.epochs=2", "sampler.name=listed", "sampler.args.members=[-1]"]
+    _train(tmp_path / "listed-one", 1, *listed)
+    _train(tmp_path / "listed-two", 2, *listed)
+    assert _largest_difference(tmp_path / "listed-one", tmp_path / "listed-two") < 1e-5
+    _train(tmp_path / "shuffled", 2, *MLP, "train.epochs=3", "sampler.name=shuffled", "sampler.args.shuffle_epochs=1.0")
+    import json
+    assert json.loads((tmp_path / "shuffled" / "metrics.json").read_text())["members"]["2"]["acc"] > 0.5
+
+
 def test_synced_batchnorm_makes_two_processes_train_the_one_process_model(tmp_path):
     _train(tmp_path / "one", 1, *HNE)
     _train(tmp_path / "synced", 2, *HNE)
