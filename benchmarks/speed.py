@@ -82,7 +82,7 @@ def measure_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
                 flops = count_flops(model.eval(), torch.zeros(1, *shape))
                 flops_one = count_flops(model, torch.zeros(1, *shape), members=1)
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-                run = torch.compile(model) if compiled else model
+                run = torch.compile(model, dynamic=False) if compiled else model
                 key = f"{role}/{layout}/{'compiled' if compiled else 'eager'}"
                 started = time.perf_counter()
                 model.train()
