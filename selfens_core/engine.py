@@ -301,7 +301,7 @@ def build(cfg: DictConfig, world: World | None = None) -> Setup:
         model.to(memory_format=torch.channels_last)
     steps = num_batches(splits["train"], cfg.train.batch_size, drop_last=True)
     # dynamic=False: one graph per input shape and member count, never symbolic channel counts (tree layers derive
-    # their active branches from them, which inductor could not order: hne-resnet-small failed to compile)
+    # their active branches from them, which inductor could not order for a tree model)
     forward = torch.compile(model.outputs, dynamic=False) if cfg.train.compile else model.outputs
     return Setup(cfg, model, distiller, sampler, info, splits, device, steps, phases, phase_distillers,
                  phase_samplers, callbacks, world, forward)

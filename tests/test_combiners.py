@@ -98,7 +98,8 @@ def test_models_size_the_combiner_they_are_given():
 
 def test_engine_trains_a_combiner_on_detached_outputs_of_all_member_passes():
     model = selfens_core.create("hne-resnet-small", num_classes=3, in_chans=1, num_members=2, combiner="stacking")
-    s = types.SimpleNamespace(model=model, distiller=Independent(), device=torch.device("cpu"), phase_distillers={},
+    s = types.SimpleNamespace(model=model, forward=model.outputs, distiller=Independent(), device=torch.device("cpu"),
+                              phase_distillers={},
                               cfg=OmegaConf.create({"train": {"channels_last": False}}))
     run = types.SimpleNamespace(members_train=True, combiner_trains=True, phase=types.SimpleNamespace(index=0))
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 3, (4,))

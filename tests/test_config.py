@@ -31,7 +31,7 @@ def test_required_configs_exist():
     ("train.epoch=3", r"unknown config key 'train.epoch'; allowed here: epochs, batch_size"),
     ("trian.epochs=3", r"unknown config key 'trian'; allowed here: model, distiller"),
     ("train.epochs=many", r"bad value for config key 'train.epochs'"),
-    ("train.precision=fp16", r"'train.precision' is 'fp16'; allowed: fp32, bf16"),
+    ("train.precision=fp8", r"'train.precision' is 'fp8'; allowed: fp32, bf16, fp16"),
     ("train.lr=-1", r"'train.lr' is out of range"),
     ("data.val_split=1.5", r"'data.val_split' is out of range"),
 ])
