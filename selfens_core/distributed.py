@@ -105,12 +105,17 @@ def average_gradients(params: Iterable[torch.Tensor], world: World) -> None:
         raise RuntimeError(f"rank {world.rank} has gradients for {len(grads)} parameter tensors, another rank for "
                            f"{int(count[0]) if count[0] != len(grads) else -int(count[1])}: every rank must run the "
                            "same members in each pass (does the sampler draw from the batch's contents?)")
-    for bucket in _buckets(grads):
-        flat = torch.cat([g.reshape(-1) for g in bucket])
+    _average_in_place(grads, world)
+
+
+def _average_in_place(tensors: list[torch.Tensor], world: World) -> None:
+    """Replace each of ``tensors`` by its mean over ranks, one all-reduce per bucket."""
+    for bucket in _buckets(tensors):
+        flat = torch.cat([t.reshape(-1) for t in bucket])
         dist.all_reduce(flat)
         flat.div_(world.size)
-        for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
-            g.copy_(part.view(g.shape))
+        for t, part in zip(bucket, flat.split([t.numel() for t in bucket])):
+            t.copy_(part.view(t.shape))
 
 
 def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
@@ -132,13 +137,7 @@ def average_batchnorm_statistics(model: nn.Module, world: World) -> None:
     """Set every BatchNorm's running mean and variance to their mean over ranks (each rank saw its own shards)."""
     if world.size == 1:
         return
-    stats = [t for bn in batchnorm_layers(model) for t in (bn.running_mean, bn.running_var)]
-    if stats:
-        flat = torch.cat([t.reshape(-1) for t in stats])
-        dist.all_reduce(flat)
-        flat.div_(world.size)
-        for t, part in zip(stats, flat.split([t.numel() for t in stats])):
-            t.copy_(part.view(t.shape))
+    _average_in_place([t for bn in batchnorm_layers(model) for t in (bn.running_mean, bn.running_var)], world)
 
 
 def broadcast_state(module: nn.Module, world: World) -> None:

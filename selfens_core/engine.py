@@ -308,7 +308,8 @@ def build(cfg: DictConfig, world: World | None = None) -> Setup:
 
 
 def _check_scale_out(cfg: DictConfig, world: World) -> None:
-    """The global batch must split evenly over the processes (each rank's mean loss then weighs the same)."""
+    """What several processes need of a config: a global batch that splits evenly (each rank's mean loss then weighs
+    the same), and no compilation under synced BatchNorm."""
     if cfg.train.compile and cfg.train.sync_batchnorm and world.size > 1:
         raise ConfigError("train.compile and train.sync_batchnorm cannot be combined yet (synced BatchNorm intercepts "
                           "torch functions, which compiled code bypasses); turn one of them off")
