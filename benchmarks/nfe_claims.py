@@ -4,23 +4,28 @@ reuses finished ones) in priority order and prints one table of accuracy per exi
 
     python benchmarks/nfe_claims.py                  # train what is missing, then print the table
     python benchmarks/nfe_claims.py --report         # the table of the runs finished so far, training nothing
-    python benchmarks/nfe_claims.py --only single nfe3-snip de3
+    python benchmarks/nfe_claims.py --only single nfe3-snip de3 --seeds 0 1
 
-Runs go to ``runs/nfe-claims/<name>`` and are skipped when their ``metrics.json`` exists; a half-finished run resumes
-from its checkpoint, so an interrupted invocation continues where it stopped. Every run uses NFE's recipe (SGD
-Nesterov 0.1, wd 5e-4, batch 128, piecewise-linear schedule) for the epochs of its config (6), seed 0; the configs
-say how the models are sized (docs/nfe.md). Accuracies are on the test split.
+Runs train in ``runs/nfe-claims/seed<S>/<name>`` (checkpoints: a half-finished run resumes, so an interrupted
+invocation continues where it stopped). A finished run's ``metrics.json`` and ``metrics.jsonl`` are copied to
+``benchmarks/results/nfe-claims/seed<S>/<name>/``, which is tracked: the table survives a fresh clone, and a run
+with a copy there is not trained again. Every run uses NFE's recipe (SGD Nesterov 0.1, wd 5e-4, batch 128,
+piecewise-linear schedule) for the epochs of its config (6); the configs say how the models are sized
+(docs/nfe.md). Accuracies are on the test split; with several seeds the table gives their mean and spread.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 from pathlib import Path
 
 from selfens_core import engine
 from selfens_core.config import load_config
 
-ROOT = Path("runs/nfe-claims")
+RUNS_DIR = Path("runs/nfe-claims")
+RESULTS_DIR = Path(__file__).parent / "results" / "nfe-claims"
 NFE = "configs/nfe-resnet10t-fmnist.yaml"
 SINGLE = "configs/nfe-single-resnet10t-fmnist.yaml"
 DEEP = "configs/nfe-deep-ensemble-resnet10t-fmnist.yaml"
@@ -46,46 +51,67 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {
 
 
 def train(name: str, seed: int) -> None:
-    out = ROOT / name
-    if (out / "metrics.json").exists():
+    """Train one run unless its results are already kept, then keep its metrics in the repository."""
+    kept = RESULTS_DIR / f"seed{seed}" / name
+    if (kept / "metrics.json").exists():
         return
-    _, config, overrides = RUNS[name]
-    print(f"--- training {name}: {config} {' '.join(overrides)}", flush=True)
-    cfg = load_config(config, [*overrides, f"train.seed={seed}"])
-    engine.train(cfg, out, resume=(out / "checkpoints").is_dir(), progress=False)
+    out = RUNS_DIR / f"seed{seed}" / name
+    if not (out / "metrics.json").exists():
+        _, config, overrides = RUNS[name]
+        print(f"--- training {name} (seed {seed}): {config} {' '.join(overrides)}", flush=True)
+        cfg = load_config(config, [*overrides, f"train.seed={seed}"])
+        engine.train(cfg, out, resume=(out / "checkpoints").is_dir(), progress=False)
+    kept.mkdir(parents=True, exist_ok=True)
+    for file in ("metrics.json", "metrics.jsonl"):
+        shutil.copy(out / file, kept / file)
+
+
+def _mean_spread(values: list[float], digits: int) -> str:
+    """``mean`` for one value, ``mean ± half range`` for several."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
 def row(name: str) -> str | None:
-    run = ROOT / name
-    if not (run / "metrics.json").exists():
+    """One table row: the mean over the seeds kept for ``name`` (None when there are none)."""
+    runs = sorted(RESULTS_DIR.glob(f"seed*/{name}/metrics.json"))
+    if not runs:
         return None
-    metrics = json.loads((run / "metrics.json").read_text())
-    last = metrics["members"][list(metrics["members"])[-1]]
-    exits = " / ".join(f"{acc:.4f}" for acc in metrics["member_acc"])
-    minutes = sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()) / 60
-    return (f"| {RUNS[name][0]} | {exits} | {last['acc']:.4f} | {last['nll']:.3f} | "
-            f"{metrics.get('effective_params', metrics['params']) / 1e6:.3f} | {metrics['params'] / 1e6:.3f} | "
+    metrics = [json.loads(path.read_text()) for path in runs]
+    finals = [m["members"][list(m["members"])[-1]] for m in metrics]
+    exits = " / ".join(_mean_spread([m["member_acc"][i] for m in metrics], 4)
+                       for i in range(len(metrics[0]["member_acc"])))
+    minutes = statistics.fmean(
+        sum(json.loads(line)["seconds"] for line in (path.parent / "metrics.jsonl").read_text().splitlines()) / 60
+        for path in runs)
+    first, last = metrics[0], finals[0]
+    return (f"| {RUNS[name][0]} | {len(runs)} | {exits} | {_mean_spread([f['acc'] for f in finals], 4)} | "
+            f"{_mean_spread([f['nll'] for f in finals], 3)} | "
+            f"{first.get('effective_params', first['params']) / 1e6:.3f} | {first['params'] / 1e6:.3f} | "
             f"{last.get('effective_flops', last['flops']) / 1e6:.1f} | {last['flops'] / 1e6:.1f} | {minutes:.1f} |")
 
 
 def report() -> None:
-    print("\n| configuration | test acc per exit / member | ensemble | NLL | effective M params | dense M params "
-          "| effective MFLOP | dense MFLOP | training min |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| configuration | seeds | test acc per exit / member | ensemble | NLL | effective M params "
+          "| dense M params | effective MFLOP | dense MFLOP | training min |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in RUNS:
         line = row(name)
-        print(line if line else f"| {RUNS[name][0]} | not run yet | | | | | | | |")
+        print(line if line else f"| {RUNS[name][0]} | 0 | not run yet | | | | | | | |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(RUNS), help="train only these runs (default: all, in order)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed")
     parser.add_argument("--report", action="store_true", help="print the table of finished runs; train nothing")
     args = parser.parse_args()
     if not args.report:
-        for name in args.only or RUNS:
-            train(name, args.seed)
+        for seed in args.seeds:
+            for name in args.only or RUNS:
+                train(name, seed)
     report()
 
 

@@ -14,11 +14,6 @@ if [ "${1:-}" = --prepare ]; then
   du -sh .whl .data
   exit 0
 fi
-PYTHON=${PYTHON:-python3}
-SITE=${SITE:-/tmp/selfens-site}
-[ -d .whl ] && "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-"$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" .
-export PYTHONPATH="$SITE" SELFENS_DATA="$PWD/.data" PYTHONUNBUFFERED=1
-"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+source scripts/gpu-env.sh
 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_distributed.py tests/test_phases.py
 "$PYTHON" benchmarks/gpu_check.py "$@"
