@@ -1,0 +1,108 @@
+"""The machinery of the ``*_claims.py`` scripts: train a claim's runs once per seed, keep their metrics in the
+repository, and summarise them across seeds.
+
+A run trains with ``selfens_core.engine`` in ``runs/<claims>/seed<S>/<run>`` (checkpoints: a half-finished run
+resumes, so an interrupted script continues where it stopped). When it finishes, its ``metrics.json`` and
+``metrics.jsonl`` are copied to ``benchmarks/results/<claims>/seed<S>/<run>/``, which is tracked: the tables survive a
+fresh clone (``runs/`` does not), and a run kept there is not trained again. Training minutes are given at the run's
+median epoch time (what the run costs on an otherwise idle machine; a shared machine stretches single epochs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfens_core import engine
+from selfens_core.config import load_config
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration of a claim: a label for the table, a config and its overrides."""
+
+    label: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A finished run of one seed: its final metrics and its epoch records."""
+
+    seed: int
+    metrics: dict
+    epochs: list[dict]
+
+    @property
+    def budgets(self) -> dict[str, dict]:
+        """Metrics per member budget ("1", "2", ...), the last being the full ensemble."""
+        return self.metrics["members"]
+
+    @property
+    def minutes(self) -> float:
+        """Training minutes at the median epoch time of each phase."""
+        by_phase: dict[str, list[float]] = {}
+        for epoch in self.epochs:
+            by_phase.setdefault(epoch.get("phase", ""), []).append(epoch["seconds"])
+        return sum(statistics.median(s) * len(s) for s in by_phase.values()) / 60
+
+
+class Claims:
+    """The runs of one claim script, keyed by a short name, trained in the order given."""
+
+    def __init__(self, name: str, runs: dict[str, Run]):
+        self.name, self.runs = name, runs
+        self.runs_dir, self.results_dir = Path("runs") / name, RESULTS / name
+
+    def train(self, key: str, seed: int) -> None:
+        """Train ``key`` for ``seed`` unless it is kept, then keep its metrics."""
+        kept = self.results_dir / f"seed{seed}" / key
+        if (kept / "metrics.json").exists():
+            return
+        out = self.runs_dir / f"seed{seed}" / key
+        if not (out / "metrics.json").exists():
+            run = self.runs[key]
+            print(f"--- training {key} (seed {seed}): {run.config} {' '.join(run.overrides)}", flush=True)
+            cfg = load_config(run.config, [*run.overrides, f"train.seed={seed}"])
+            engine.train(cfg, out, resume=(out / "checkpoints").is_dir(), progress=False)
+        kept.mkdir(parents=True, exist_ok=True)
+        for file in ("metrics.json", "metrics.jsonl"):
+            shutil.copy(out / file, kept / file)
+
+    def kept(self, key: str) -> list[Kept]:
+        """The finished seeds of ``key``."""
+        found = []
+        for path in sorted(self.results_dir.glob(f"seed*/{key}/metrics.json")):
+            epochs = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines() if line]
+            found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()), epochs))
+        return found
+
+    def main(self, doc: str, report: Callable[[], None]) -> None:
+        """The command line every claims script shares: train what is missing (``--only``, ``--seeds``), then
+        ``report()``; ``--report`` only reports."""
+        parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--only", nargs="+", choices=list(self.runs), help="these runs (default: all, in order)")
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed")
+        parser.add_argument("--report", action="store_true", help="print the tables of kept runs; train nothing")
+        args = parser.parse_args()
+        if not args.report:
+            for seed in args.seeds:
+                for key in args.only or self.runs:
+                    self.train(key, seed)
+        report()
+
+
+def mean_spread(values: list[float], digits: int, scale: float = 1.0) -> str:
+    """``mean`` for one value, ``mean ± half range`` for several (each multiplied by ``scale``)."""
+    values = [v * scale for v in values]
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"

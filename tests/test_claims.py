@@ -1,0 +1,49 @@
+"""benchmarks/claims.py, the runner of the claims scripts: a finished run is kept in the repository per seed and
+never trained again; minutes are median-timed."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import claims  # noqa: E402
+
+TINY = ("data.name=digits", "data.subset=120", "train.batch_size=32", "train.epochs=2", "model.args.num_members=2",
+        "data.eval_batch_size=64")
+
+
+@pytest.fixture
+def tiny_claims(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ goes here
+    monkeypatch.setattr(claims, "RESULTS", tmp_path / "results")
+    run = claims.Run("tiny", str(ROOT / "configs/hne-resnet-small-fmnist.yaml"), TINY)
+    return claims.Claims("tiny-claims", {"tiny": run})
+
+
+def test_a_finished_run_is_kept_per_seed_and_not_trained_again(tiny_claims, monkeypatch):
+    tiny_claims.train("tiny", seed=3)
+    kept = tiny_claims.kept("tiny")
+    assert [k.seed for k in kept] == [3] and len(kept[0].epochs) == 2
+    assert list(kept[0].budgets) == ["1", "2"]
+    assert (tiny_claims.results_dir / "seed3" / "tiny" / "metrics.jsonl").exists()
+    monkeypatch.setattr(claims.engine, "train", lambda *a, **k: pytest.fail("trained again"))
+    tiny_claims.train("tiny", seed=3)
+
+
+def test_minutes_are_median_timed_per_phase():
+    epochs = [{"seconds": 60.0}, {"seconds": 600.0}, {"seconds": 60.0}, {"seconds": 30.0, "phase": "merge"}]
+    assert claims.Kept(0, {}, epochs).minutes == pytest.approx(3.5)
+
+
+def test_mean_spread():
+    assert claims.mean_spread([0.9], 2, 100) == "90.00"
+    assert claims.mean_spread([0.9, 0.92], 2, 100) == "91.00 ± 1.00"
+
+
+def test_every_claims_script_names_valid_configs():
+    from selfens_core.config import load_config
+
+    for script in ("nfe_claims", "hne_claims"):
+        for run in __import__(script).CLAIMS.runs.values():
+            load_config(ROOT / run.config, list(run.overrides))
