@@ -4,8 +4,9 @@ repository, and summarise them across seeds.
 A run trains with ``selfens_core.engine`` in ``runs/<claims>/seed<S>/<run>`` (checkpoints: a half-finished run
 resumes, so an interrupted script continues where it stopped). When it finishes, its ``metrics.json`` and
 ``metrics.jsonl`` are copied to ``benchmarks/results/<claims>/seed<S>/<run>/``, which is tracked: the tables survive a
-fresh clone (``runs/`` does not), and a run kept there is not trained again. Training minutes are given at the run's
-median epoch time (what the run costs on an otherwise idle machine; a shared machine stretches single epochs).
+fresh clone (``runs/`` does not), and a run kept there is not trained again. Training minutes are given at each
+phase's fastest epoch (what the run costs on an otherwise idle machine: on a shared one, several epochs of a run can
+be stretched, so that even the median overstates it).
 """
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ class Kept:
 
     @property
     def minutes(self) -> float:
-        """Training minutes at the median epoch time of each phase."""
+        """Training minutes at the fastest epoch time of each phase: what the run costs on an otherwise idle
+        machine (sharing the cores only ever slows an epoch down)."""
         by_phase: dict[str, list[float]] = {}
         for epoch in self.epochs:
             by_phase.setdefault(epoch.get("phase", ""), []).append(epoch["seconds"])
-        return sum(statistics.median(s) * len(s) for s in by_phase.values()) / 60
+        return sum(min(s) * len(s) for s in by_phase.values()) / 60
 
 
 class Claims:

@@ -31,7 +31,7 @@ CLAIMS = Claims("hne-claims", {
 
 def report() -> None:
     print("\n| run | seeds | test accuracy (%) per member budget | member accuracies (%) | MFLOP per budget "
-          "| training min |")
+          "| training min (idle) |")
     print("|---|---|---|---|---|---|")
     for key, run in CLAIMS.runs.items():
         kept = CLAIMS.kept(key)

@@ -38,7 +38,7 @@ CLAIMS = Claims("nfe-claims", {  # the headline comparison first
 
 def report() -> None:
     print("\n| configuration | seeds | test acc per exit / member (%) | ensemble (%) | NLL | effective M params "
-          "| dense M params | effective MFLOP | dense MFLOP | training min |")
+          "| dense M params | effective MFLOP | dense MFLOP | training min (idle) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key, run in CLAIMS.runs.items():
         kept = CLAIMS.kept(key)
