@@ -86,6 +86,16 @@ class Claims:
             found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()), epochs))
         return found
 
+    def table(self, columns: list[str], row: Callable[[list[Kept]], list[str]]) -> None:
+        """Print a markdown table: the run's label, its number of seeds, then ``row(kept)`` for each run with kept
+        seeds ("not run yet" for the others)."""
+        print("\n| " + " | ".join(["run", "seeds", *columns]) + " |")
+        print("|" + "---|" * (len(columns) + 2))
+        for key, run in self.runs.items():
+            kept = self.kept(key)
+            cells = row(kept) if kept else ["not run yet", *[""] * (len(columns) - 1)]
+            print("| " + " | ".join([run.label, str(len(kept)), *cells]) + " |")
+
     def main(self, doc: str, report: Callable[[], None]) -> None:
         """The command line every claims script shares: train what is missing (``--only``, ``--seeds``), then
         ``report()``; ``--report`` only reports."""

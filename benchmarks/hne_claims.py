@@ -14,7 +14,7 @@ Runs and kept results: benchmarks/claims.py.
 """
 from __future__ import annotations
 
-from claims import Claims, Run, mean_spread
+from claims import Claims, Kept, Run, mean_spread
 
 HNE = "configs/hne-resnet10t-fmnist.yaml"
 EQUAL_TIME = ("train.epochs=17",)
@@ -29,22 +29,18 @@ CLAIMS = Claims("hne-claims", {
 })
 
 
+def row(kept: list[Kept]) -> list[str]:
+    budgets = list(kept[0].budgets)
+    accuracy = " / ".join(f"{b}: {mean_spread([k.budgets[b]['acc'] for k in kept], 2, 100)}" for b in budgets)
+    members = " / ".join(mean_spread([k.metrics["member_acc"][i] for k in kept], 2, 100)
+                         for i in range(len(kept[0].metrics["member_acc"])))
+    flops = " / ".join(f"{kept[0].budgets[b]['flops'] / 1e6:.0f}" for b in budgets)
+    return [accuracy, members, flops, mean_spread([k.minutes for k in kept], 1)]
+
+
 def report() -> None:
-    print("\n| run | seeds | test accuracy (%) per member budget | member accuracies (%) | MFLOP per budget "
-          "| training min (idle) |")
-    print("|---|---|---|---|---|---|")
-    for key, run in CLAIMS.runs.items():
-        kept = CLAIMS.kept(key)
-        if not kept:
-            print(f"| {run.label} | 0 | not run yet | | | |")
-            continue
-        budgets = list(kept[0].budgets)
-        accuracy = " / ".join(f"{b}: {mean_spread([k.budgets[b]['acc'] for k in kept], 2, 100)}" for b in budgets)
-        members = " / ".join(mean_spread([k.metrics["member_acc"][i] for k in kept], 2, 100)
-                             for i in range(len(kept[0].metrics["member_acc"])))
-        flops = " / ".join(f"{kept[0].budgets[b]['flops'] / 1e6:.0f}" for b in budgets)
-        print(f"| {run.label} | {len(kept)} | {accuracy} | {members} | {flops} | "
-              f"{mean_spread([k.minutes for k in kept], 1)} |")
+    CLAIMS.table(["test accuracy (%) per member budget", "member accuracies (%)", "MFLOP per budget",
+                  "training min (idle)"], row)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ config (6); the configs say how the models are sized (docs/nfe.md). Runs and kep
 """
 from __future__ import annotations
 
-from claims import Claims, Run, mean_spread
+from claims import Claims, Kept, Run, mean_spread
 
 NFE = "configs/nfe-resnet10t-fmnist.yaml"
 SINGLE = "configs/nfe-single-resnet10t-fmnist.yaml"
@@ -36,24 +36,20 @@ CLAIMS = Claims("nfe-claims", {  # the headline comparison first
 })
 
 
+def row(kept: list[Kept]) -> list[str]:
+    full = [k.budgets[list(k.budgets)[-1]] for k in kept]
+    exits = " / ".join(mean_spread([k.metrics["member_acc"][i] for k in kept], 2, 100)
+                       for i in range(len(kept[0].metrics["member_acc"])))
+    first, last = kept[0].metrics, full[0]
+    return [exits, mean_spread([f["acc"] for f in full], 2, 100), mean_spread([f["nll"] for f in full], 3),
+            f"{first.get('effective_params', first['params']) / 1e6:.3f}", f"{first['params'] / 1e6:.3f}",
+            f"{last.get('effective_flops', last['flops']) / 1e6:.1f}", f"{last['flops'] / 1e6:.1f}",
+            mean_spread([k.minutes for k in kept], 1)]
+
+
 def report() -> None:
-    print("\n| configuration | seeds | test acc per exit / member (%) | ensemble (%) | NLL | effective M params "
-          "| dense M params | effective MFLOP | dense MFLOP | training min (idle) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for key, run in CLAIMS.runs.items():
-        kept = CLAIMS.kept(key)
-        if not kept:
-            print(f"| {run.label} | 0 | not run yet | | | | | | | |")
-            continue
-        full = [k.budgets[list(k.budgets)[-1]] for k in kept]
-        exits = " / ".join(mean_spread([k.metrics["member_acc"][i] for k in kept], 2, 100)
-                           for i in range(len(kept[0].metrics["member_acc"])))
-        first, last = kept[0].metrics, full[0]
-        print(f"| {run.label} | {len(kept)} | {exits} | {mean_spread([f['acc'] for f in full], 2, 100)} | "
-              f"{mean_spread([f['nll'] for f in full], 3)} | "
-              f"{first.get('effective_params', first['params']) / 1e6:.3f} | {first['params'] / 1e6:.3f} | "
-              f"{last.get('effective_flops', last['flops']) / 1e6:.1f} | {last['flops'] / 1e6:.1f} | "
-              f"{mean_spread([k.minutes for k in kept], 1)} |")
+    CLAIMS.table(["test acc per exit / member (%)", "ensemble (%)", "NLL", "effective M params", "dense M params",
+                  "effective MFLOP", "dense MFLOP", "training min (idle)"], row)
 
 
 if __name__ == "__main__":
