@@ -23,14 +23,25 @@ from selfens_core.config import load_config
 
 RESULTS = Path(__file__).parent / "results"
 
+# The CPU scale of the HNE, IENet and MEAL claims (docs/results.md): NFE's recipe for 6 epochs on timm resnet10t with
+# small_images at quarter width (16-32-64-128, stem 8: 0.31 M parameters, 28 MFLOP per image), whose single network
+# takes about 8 minutes on the idle 2-core CPU and reaches about 92.3%. A run at this scale anneals its learning rate
+# to zero, so each method is compared at convergence for its budget, not mid-descent.
+RECIPE = ("train.epochs=6", "train.batch_size=128", "train.optimizer=sgd", "train.lr=0.1", "train.momentum=0.9",
+          "train.nesterov=true", "train.weight_decay=5.0e-4", "train.schedule=piecewise_linear",
+          "train.warmup_epochs=0", "train.precise_bn=0")
+SMALL_RESNET10T = ("model.args.small_images=true", "model.args.channels=[16,32,64,128]", "model.args.stem_width=8")
+
 
 @dataclass(frozen=True)
 class Run:
-    """One configuration of a claim: a label for the table, a config and its overrides."""
+    """One configuration of a claim: a label for the table, a config and its overrides. ``kept_in`` names another
+    claims script whose run of the same key this is (a baseline several claims share, trained and kept once)."""
 
     label: str
     config: str
     overrides: tuple[str, ...] = ()
+    kept_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +72,16 @@ class Claims:
 
     def __init__(self, name: str, runs: dict[str, Run]):
         self.name, self.runs = name, runs
-        self.runs_dir, self.results_dir = Path("runs") / name, RESULTS / name
+
+    def _owner(self, key: str) -> str:
+        return self.runs[key].kept_in or self.name
 
     def train(self, key: str, seed: int) -> None:
         """Train ``key`` for ``seed`` unless it is kept, then keep its metrics."""
-        kept = self.results_dir / f"seed{seed}" / key
+        kept = RESULTS / self._owner(key) / f"seed{seed}" / key
         if (kept / "metrics.json").exists():
             return
-        out = self.runs_dir / f"seed{seed}" / key
+        out = Path("runs") / self._owner(key) / f"seed{seed}" / key
         if not (out / "metrics.json").exists():
             run = self.runs[key]
             print(f"--- training {key} (seed {seed}): {run.config} {' '.join(run.overrides)}", flush=True)
@@ -81,7 +94,7 @@ class Claims:
     def kept(self, key: str) -> list[Kept]:
         """The finished seeds of ``key``."""
         found = []
-        for path in sorted(self.results_dir.glob(f"seed*/{key}/metrics.json")):
+        for path in sorted((RESULTS / self._owner(key)).glob(f"seed*/{key}/metrics.json")):
             epochs = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines() if line]
             found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()), epochs))
         return found

@@ -26,9 +26,18 @@ def test_a_finished_run_is_kept_per_seed_and_not_trained_again(tiny_claims, monk
     kept = tiny_claims.kept("tiny")
     assert [k.seed for k in kept] == [3] and len(kept[0].epochs) == 2
     assert list(kept[0].budgets) == ["1", "2"]
-    assert (tiny_claims.results_dir / "seed3" / "tiny" / "metrics.jsonl").exists()
+    assert (claims.RESULTS / "tiny-claims" / "seed3" / "tiny" / "metrics.jsonl").exists()
     monkeypatch.setattr(claims.engine, "train", lambda *a, **k: pytest.fail("trained again"))
     tiny_claims.train("tiny", seed=3)
+
+
+def test_a_shared_run_is_trained_once_and_kept_where_it_belongs(tiny_claims, monkeypatch):
+    tiny_claims.train("tiny", seed=0)
+    sharing = claims.Claims("other-claims", {"tiny": claims.Run("shared", "unused.yaml", kept_in="tiny-claims")})
+    monkeypatch.setattr(claims.engine, "train", lambda *a, **k: pytest.fail("a shared run was trained again"))
+    sharing.train("tiny", seed=0)
+    assert [k.seed for k in sharing.kept("tiny")] == [0]
+    assert not (claims.RESULTS / "other-claims").exists()
 
 
 def test_minutes_count_each_phase_at_its_fastest_epoch():
@@ -44,6 +53,6 @@ def test_mean_spread():
 def test_every_claims_script_names_valid_configs():
     from selfens_core.config import load_config
 
-    for script in ("nfe_claims", "hne_claims"):
+    for script in ("nfe_claims", "hne_claims", "ienet_claims", "meal_claims"):
         for run in __import__(script).CLAIMS.runs.values():
             load_config(ROOT / run.config, list(run.overrides))

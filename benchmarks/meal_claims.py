@@ -1,0 +1,40 @@
+"""MEAL's claim on Fashion-MNIST at the CPU scale of benchmarks/claims.py (issue 14, docs/results.md), each run with
+several seeds: a student distilled from the zoo's converged teachers beats the same network trained alone.
+
+The student is the single network of the other claims (timm resnet10t, small_images, 16-32-64-128, stem 8; 0.31 M
+parameters), trained without labels by MEAL (configs/meal-fmnist.yaml: one teacher drawn per iteration, similarity
+at the 1/4 and 1/8 stages and the logits, adversarial discriminators) from ``resnet10t.fmnist`` (94.4%) and
+``hne-resnet10t.fmnist`` (93.1%, logits only); and by plain KD from ``resnet10t.fmnist`` alone, for reference.
+
+    python benchmarks/meal_claims.py --seeds 0 1       # train what is missing (about 20 min a run)
+    python benchmarks/meal_claims.py --report          # the table of the kept runs, training nothing
+
+Every run uses the same recipe (claims.RECIPE: NFE's, 6 epochs). Runs and kept results: benchmarks/claims.py.
+"""
+from __future__ import annotations
+
+from claims import RECIPE, SMALL_RESNET10T, Claims, Kept, Run, mean_spread
+
+STUDENT = ("model.name=deep-ensemble-resnet10t", "model.args.num_members=1", *SMALL_RESNET10T, *RECIPE)
+
+CLAIMS = Claims("meal-claims", {
+    "single": Run("student alone", "configs/nfe-single-resnet10t-fmnist.yaml", kept_in="nfe-claims"),
+    "meal": Run("MEAL from resnet10t + hne-resnet10t", "configs/meal-fmnist.yaml",
+                (*STUDENT, "distiller.args.teachers=[resnet10t.fmnist,hne-resnet10t.fmnist]")),
+    "kd": Run("KD from resnet10t", "configs/meal-kd-fmnist.yaml",
+              (*STUDENT, "distiller.args.teachers=[resnet10t.fmnist]")),
+})
+
+
+def row(kept: list[Kept]) -> list[str]:
+    full = [k.budgets["1"] for k in kept]
+    return [mean_spread([f["acc"] for f in full], 2, 100), mean_spread([f["nll"] for f in full], 3),
+            mean_spread([f["ece"] for f in full], 3), mean_spread([k.minutes for k in kept], 1)]
+
+
+def report() -> None:
+    CLAIMS.table(["test acc (%)", "NLL", "ECE", "training min (idle)"], row)
+
+
+if __name__ == "__main__":
+    CLAIMS.main(__doc__, report)
