@@ -20,6 +20,7 @@ from pathlib import Path
 
 from selfens_core import engine
 from selfens_core.config import load_config
+from selfens_core.rundir import idle_epoch_seconds
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -59,12 +60,8 @@ class Kept:
 
     @property
     def minutes(self) -> float:
-        """Training minutes at the fastest epoch time of each phase: what the run costs on an otherwise idle
-        machine (sharing the cores only ever slows an epoch down)."""
-        by_phase: dict[str, list[float]] = {}
-        for epoch in self.epochs:
-            by_phase.setdefault(epoch.get("phase", ""), []).append(epoch["seconds"])
-        return sum(min(s) * len(s) for s in by_phase.values()) / 60
+        """Training minutes on an otherwise idle machine (``selfens_core.rundir.idle_epoch_seconds``)."""
+        return sum(idle_epoch_seconds(self.epochs)) / 60
 
 
 class Claims:

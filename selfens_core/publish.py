@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from .hub import sha256_file
 from .pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
-from .rundir import check_output_target
+from .rundir import check_output_target, idle_epoch_seconds, read_epoch_log
 from .zoo import MANIFEST_FILE, ZooEntry, resolve
 
 CARD_FILE = "README.md"
@@ -58,7 +59,7 @@ def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path,
     metrics.update(split="test", dataset=dataset)
     recipe = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     write_card(out, exported.pretrained_cfg, metrics, name=f"{name}.{tag}", recipe=recipe, license=license,
-               notes=notes)
+               notes=notes, epochs=read_epoch_log(run_dir))
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     best = metrics["members"][str(max(map(int, metrics["members"])))]
     entry = ZooEntry(name=name, tag=tag, repo_id=repo_id or f"selfens/{name}.{tag}", revision=None,
@@ -79,9 +80,10 @@ def write_manifest(entry: ZooEntry) -> Path:
 
 
 def write_card(directory: Path, cfg: dict[str, Any], metrics: dict[str, Any], *, name: str, recipe: str,
-               license: str, notes: str = "") -> Path:
+               license: str, notes: str = "", epochs: Sequence[dict[str, Any]] = ()) -> Path:
     """A Hub model card: metadata (license, dataset, accuracy per budget as model-index results) and a body with the
-    per-budget table, the training recipe and how to load the model."""
+    per-budget table, the training time (from the run's ``epochs`` records, when given), the training recipe and how
+    to load the model."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset = cfg["dataset"]
@@ -92,8 +94,16 @@ def write_card(directory: Path, cfg: dict[str, Any], metrics: dict[str, Any], *,
     data = ModelCardData(license=license, library_name="selfens", datasets=[dataset], model_name=name,
                          tags=["self-ensemble", "image-classification", cfg["architecture"]], eval_results=results,
                          pipeline_tag="image-classification")
+    effective = all("effective_flops" in m for m in metrics["members"].values())  # a model that reports its cost
     rows = "\n".join(f"| {k} | {100 * m['acc']:.2f} | {m['nll']:.3f} | {m['ece']:.3f} | {m['brier']:.3f} | "
-                     f"{m.get('flops', 0) / 1e6:.1f} |" for k, m in metrics["members"].items())
+                     f"{m.get('flops', 0) / 1e6:.1f} |" + (f" {m['effective_flops'] / 1e6:.1f} |" if effective else "")
+                     for k, m in metrics["members"].items())
+    training = "" if not epochs else (
+        f"\nTraining: {len(epochs)} epochs, {sum(r['seconds'] for r in epochs) / 60:.1f} minutes as logged, "
+        f"{sum(idle_epoch_seconds(epochs)) / 60:.1f} at each phase's fastest epoch (the machine's idle cost; "
+        f"evaluation excluded).\n")
+    params = f"{metrics['params']:,}" + (f" ({metrics['effective_params']:,} nonzero)"
+                                         if "effective_params" in metrics else "")
     body = f"""
 # {name}
 
@@ -112,13 +122,13 @@ probs = model.predict(images, members=2)   # any budget from 1 to {len(metrics['
 
 Measured by `selfens eval` on the exported weights, {metrics['num_samples']} test images.
 
-| members | accuracy (%) | NLL | ECE | Brier | MFLOPs/image |
-|---|---|---|---|---|---|
+| members | accuracy (%) | NLL | ECE | Brier | MFLOPs/image |{" effective MFLOPs/image |" if effective else ""}
+|---|---|---|---|---|---|{"---|" if effective else ""}
 {rows}
 
 Member accuracies: {', '.join(f'{100 * a:.2f}' for a in metrics['member_acc'])}.
-Disagreement: {metrics['disagreement']:.4f}. Parameters: {metrics['params']:,}.
-
+Disagreement: {metrics['disagreement']:.4f}. Parameters: {params}.
+{training}
 {notes}
 
 ## Training recipe

@@ -353,6 +353,22 @@ def truncate_epoch_log(log: Path, epochs: int) -> None:
     os.replace(tmp, log)
 
 
+def read_epoch_log(out: Path) -> list[dict[str, Any]]:
+    """The epoch records of the run in ``out`` (``metrics.jsonl``), oldest first; [] when there are none."""
+    return _read_jsonl(out / EPOCH_LOG) if (out / EPOCH_LOG).is_file() else []
+
+
+def idle_epoch_seconds(records: Sequence[dict[str, Any]]) -> list[float]:
+    """Each epoch's training seconds on an otherwise idle machine: its phase's fastest epoch. Sharing the cores only
+    ever slows an epoch down, and on a shared machine several epochs of a run can be stretched, so that even the
+    median overstates what the run costs; epochs of one phase do the same work."""
+    fastest: dict[str, float] = {}
+    for record in records:
+        phase = record.get("phase", "")
+        fastest[phase] = min(fastest.get(phase, float("inf")), record["seconds"])
+    return [fastest[record.get("phase", "")] for record in records]
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     records = []
     for line in path.read_text().splitlines():

@@ -52,6 +52,7 @@ def test_card_is_a_hub_model_card_with_the_measured_results(exported):
     assert [r.metric_value for r in card.data.eval_results] == [round(m["acc"], 4) for m in
                                                                 metrics["members"].values()]
     assert "hne-resnet-small" in card.text and "## Training recipe" in card.text
+    assert "Training: 1 epochs," in card.text  # the run's time, from its epoch log
 
 
 def test_load_reproduces_the_card_from_the_bundled_copy(exported):
@@ -293,3 +294,18 @@ def test_a_local_folder_with_a_manifest_is_verified_before_loading(tmp_path):
         selfens_core.load(f"local-dir:{directory}")
     (directory / MANIFEST_FILE).unlink()  # a folder without a manifest (a run directory) has nothing to check
     assert selfens_core.load(f"local-dir:{directory}").num_members == 1
+
+
+def test_a_card_shows_the_cost_a_model_reports_and_the_training_time(tmp_path):
+    from selfens_core.publish import write_card
+
+    cfg = {"dataset": "digits", "architecture": "nfe-resnet10t", "num_classes": 10, "in_chans": 1,
+           "input_size": [1, 8, 8]}
+    budget = {"acc": 0.9, "nll": 0.3, "ece": 0.01, "brier": 0.1, "flops": 4e6, "effective_flops": 2e6}
+    metrics = {"members": {"1": budget}, "member_acc": [0.9], "disagreement": 0.0, "params": 2000,
+               "effective_params": 1000, "num_samples": 100}
+    epochs = [{"epoch": 1, "seconds": 120.0}, {"epoch": 2, "seconds": 60.0}]
+    text = write_card(tmp_path, cfg, metrics, name="x.digits", recipe="", license="mit", epochs=epochs).read_text()
+    assert "| 1 | 90.00 | 0.300 | 0.010 | 0.100 | 4.0 | 2.0 |" in text
+    assert "Parameters: 2,000 (1,000 nonzero)" in text
+    assert "Training: 2 epochs, 3.0 minutes as logged, 2.0 at each phase's fastest epoch" in text
