@@ -31,6 +31,7 @@ from torch.nn import functional as F
 # family: (self-ensemble name, its build args, the dense network's name, its build args). A dense network is the
 # family's member architecture as a one-member model, so "per-FLOP rate" compares the same layers.
 _NARROW_RESNET10T = {"small_images": True, "channels": [32, 64, 128, 256], "stem_width": 16}
+_NFE_RESNET10T = {"small_images": True, "channels": [24, 48, 92, 184], "stem_width": 12}  # configs/nfe-resnet10t-fmnist
 FAMILIES: dict[str, tuple[str, dict, str, dict]] = {
     "hne-resnet-small": ("hne-resnet-small", {}, "hne-resnet-small", {"num_members": 1}),
     "hne-mobilenetv2": ("hne-mobilenetv2", {}, "hne-mobilenetv2", {"num_members": 1}),
@@ -39,6 +40,12 @@ FAMILIES: dict[str, tuple[str, dict, str, dict]] = {
     "ienet-mobilenetv2": ("ienet-mobilenetv2", {}, "ienet-mobilenetv2", {"widths": [1.0]}),
     "deep-ensemble-resnet10t": ("deep-ensemble-resnet10t", {"num_members": 4, **_NARROW_RESNET10T},
                                 "deep-ensemble-resnet10t", {"num_members": 1, **_NARROW_RESNET10T}),
+    # NFE's exits run dense kernels over masked weights: its FLOPs here are the dense ones (docs/nfe.md "Cost")
+    "nfe-resnet10t": ("nfe-resnet10t", {"num_members": 3, **_NFE_RESNET10T},
+                      "deep-ensemble-resnet10t", {"num_members": 1, **_NFE_RESNET10T}),
+    # six members of 200-466-466 against one of them (configs/supernet-mlp-fmnist.yaml)
+    "supernet-mlp": ("supernet-mlp", {"num_members": 6, "hidden": [200, 466, 466]},
+                     "supernet-mlp", {"num_members": 1, "hidden": [200, 466, 466]}),
 }
 
 
