@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 from collections.abc import Callable
@@ -88,6 +89,12 @@ class Claims:
         for file in ("metrics.json", "metrics.jsonl"):
             shutil.copy(out / file, kept / file)
 
+    def command(self, key: str, seed: int = 0) -> str:
+        """The ``selfens train`` command that trains ``key`` for ``seed`` as this script does."""
+        run = self.runs[key]
+        out = Path("runs") / self._owner(key) / f"seed{seed}" / key
+        return shlex.join(["selfens", "train", run.config, "--out", str(out), *run.overrides, f"train.seed={seed}"])
+
     def kept(self, key: str) -> list[Kept]:
         """The finished seeds of ``key``."""
         found = []
@@ -113,7 +120,13 @@ class Claims:
         parser.add_argument("--only", nargs="+", choices=list(self.runs), help="these runs (default: all, in order)")
         parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed")
         parser.add_argument("--report", action="store_true", help="print the tables of kept runs; train nothing")
+        parser.add_argument("--commands", action="store_true",
+                            help="print the `selfens train` command of each run (seed 0); train nothing")
         args = parser.parse_args()
+        if args.commands:
+            for key in args.only or self.runs:
+                print(self.command(key))
+            return
         if not args.report:
             for seed in args.seeds:
                 for key in args.only or self.runs:

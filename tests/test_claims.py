@@ -1,5 +1,6 @@
 """benchmarks/claims.py, the runner of the claims scripts: a finished run is kept in the repository per seed and
 never trained again; minutes are idle-machine estimates."""
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,3 +58,9 @@ def test_every_claims_script_names_valid_configs():
     for script in ("nfe_claims", "hne_claims", "ienet_claims", "meal_claims"):
         for run in __import__(script).CLAIMS.runs.values():
             load_config(ROOT / run.config, list(run.overrides))
+
+
+def test_each_run_prints_the_command_that_trains_it(tiny_claims):
+    assert shlex.split(tiny_claims.command("tiny", seed=2)) == [
+        "selfens", "train", f"{ROOT}/configs/hne-resnet-small-fmnist.yaml", "--out", "runs/tiny-claims/seed2/tiny",
+        *TINY, "train.seed=2"]
