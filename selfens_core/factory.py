@@ -156,7 +156,35 @@ def create_backbone(name: str, *, num_classes: int, in_chans: int, small_images:
             raise BackboneError(f"the {adapter.family!r} backbone adapter does not support small_images; "
                                 f"train {name} at its own resolution or register an adapter that does")
         adapter.small_images(model)  # a BackboneError when the model has nothing to adapt
+        _remeasure_feature_info(model, in_chans)
     return model
+
+
+def _remeasure_feature_info(model: nn.Module, in_chans: int, size: int = 64) -> None:
+    """Correct timm's ``feature_info`` reductions after an adapter changed the model's strides: each stage's
+    reduction is measured (input size / output size) by one forward pass with hooks, so that consumers that pick
+    stages by reduction (MEAL's taps) get the stages at the resolution they asked for."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not info:
+        return
+    sizes: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            sizes.setdefault(name, output.shape[-1])
+        return hook
+
+    hooks = [model.get_submodule(stage["module"]).register_forward_hook(record(stage["module"])) for stage in info]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, size, size))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    for stage in info:
+        stage["reduction"] = size // sizes[stage["module"]]
 
 
 def _adapter_for(model: nn.Module, name: str) -> BackboneAdapter:

@@ -15,6 +15,9 @@ def test_small_images_removes_the_first_two_downsamplings(name):
     assert plain.forward_features(x).shape[-1] == 1  # total stride 32
     assert small.forward_features(x).shape[-1] == 4  # total stride 8
     assert small(x).shape == (1, 10)
+    # stages are picked by reduction (MEAL's taps): feature_info must say where each stage now is
+    assert [i["reduction"] for i in small.feature_info] == [1, 1, 2, 4, 8]
+    assert [i["reduction"] for i in plain.feature_info] == [2, 4, 8, 16, 32]
 
 
 @pytest.mark.parametrize("name", ["hne-resnet10t", "ienet-resnet10t", "deep-ensemble-resnet10t"])
