@@ -2,11 +2,13 @@
 repository, and summarise them across seeds.
 
 A run trains with ``selfens_core.engine`` in ``runs/<claims>/seed<S>/<run>`` (checkpoints: a half-finished run
-resumes, so an interrupted script continues where it stopped). When it finishes, its ``metrics.json`` and
-``metrics.jsonl`` are copied to ``benchmarks/results/<claims>/seed<S>/<run>/``, which is tracked: the tables survive a
-fresh clone (``runs/`` does not), and a run kept there is not trained again. Training minutes are given at each
-phase's fastest epoch (what the run costs on an otherwise idle machine: on a shared one, several epochs of a run can
-be stretched, so that even the median overstates it).
+resumes, so an interrupted script continues where it stopped). When it finishes, its ``metrics.json``,
+``metrics.jsonl`` and the ``config.yaml`` it trained with are copied to ``benchmarks/results/<claims>/seed<S>/<run>/``,
+which is tracked: the tables survive a fresh clone (``runs/`` does not), and a run kept there is not trained again. A
+run several claims compare with (the single network, :data:`SINGLE`) is trained and kept once, under its owner's
+name. Training minutes are given at each phase's fastest epoch (``selfens_core.rundir.idle_epoch_seconds``: an
+estimate of what the run costs on an otherwise idle machine; on a shared one, several epochs of a run can be
+stretched, so that even the median overstates it).
 """
 from __future__ import annotations
 
@@ -21,29 +23,35 @@ from pathlib import Path
 
 from selfens_core import engine
 from selfens_core.config import load_config
-from selfens_core.rundir import idle_epoch_seconds
+from selfens_core.rundir import idle_epoch_seconds, read_epoch_log
 
 RESULTS = Path(__file__).parent / "results"
 
 # The CPU scale of the HNE, IENet and MEAL claims (docs/results.md): NFE's recipe for 6 epochs on timm resnet10t with
 # small_images at quarter width (16-32-64-128, stem 8: 0.31 M parameters, 28 MFLOP per image), whose single network
 # takes about 8 minutes on the idle 2-core CPU and reaches about 92.3%. A run at this scale anneals its learning rate
-# to zero, so each method is compared at convergence for its budget, not mid-descent.
+# to 1% of its peak, so each method is compared converged for its budget, not mid-descent. One memory layout (NCHW)
+# for all, so that training times compare.
 RECIPE = ("train.epochs=6", "train.batch_size=128", "train.optimizer=sgd", "train.lr=0.1", "train.momentum=0.9",
           "train.nesterov=true", "train.weight_decay=5.0e-4", "train.schedule=piecewise_linear",
-          "train.warmup_epochs=0", "train.precise_bn=0")
+          "train.warmup_epochs=0", "train.precise_bn=0", "train.channels_last=false")
 SMALL_RESNET10T = ("model.args.small_images=true", "model.args.channels=[16,32,64,128]", "model.args.stem_width=8")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One configuration of a claim: a label for the table, a config and its overrides. ``kept_in`` names another
-    claims script whose run of the same key this is (a baseline several claims share, trained and kept once)."""
+    """One configuration of a claim: a label for the table, a config and its overrides. ``kept_in`` names the
+    :class:`Claims` that owns the run (its results folder), for a run several claims share: trained and kept once."""
 
     label: str
     config: str
     overrides: tuple[str, ...] = ()
     kept_in: str | None = None
+
+
+# The single network every CPU-scale claim compares with (configs/nfe-single-resnet10t-fmnist.yaml is RECIPE on
+# SMALL_RESNET10T), owned by the NFE claims, where it was first trained.
+SINGLE = Run("single network 16-32-64-128", "configs/nfe-single-resnet10t-fmnist.yaml", kept_in="nfe-claims")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Claims:
         self.name, self.runs = name, runs
 
     def _owner(self, key: str) -> str:
+        """The claims name whose ``runs/`` and results folders hold ``key``."""
         return self.runs[key].kept_in or self.name
 
     def train(self, key: str, seed: int) -> None:
@@ -86,11 +95,12 @@ class Claims:
             cfg = load_config(run.config, [*run.overrides, f"train.seed={seed}"])
             engine.train(cfg, out, resume=(out / "checkpoints").is_dir(), progress=False)
         kept.mkdir(parents=True, exist_ok=True)
-        for file in ("metrics.json", "metrics.jsonl"):
+        for file in ("metrics.json", "metrics.jsonl", "config.yaml"):
             shutil.copy(out / file, kept / file)
 
     def command(self, key: str, seed: int = 0) -> str:
-        """The ``selfens train`` command that trains ``key`` for ``seed`` as this script does."""
+        """The ``selfens train`` command that trains ``key`` for ``seed`` into the folder this script uses (add
+        ``--resume`` to continue a run there)."""
         run = self.runs[key]
         out = Path("runs") / self._owner(key) / f"seed{seed}" / key
         return shlex.join(["selfens", "train", run.config, "--out", str(out), *run.overrides, f"train.seed={seed}"])
@@ -99,8 +109,8 @@ class Claims:
         """The finished seeds of ``key``."""
         found = []
         for path in sorted((RESULTS / self._owner(key)).glob(f"seed*/{key}/metrics.json")):
-            epochs = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines() if line]
-            found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()), epochs))
+            found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()),
+                              read_epoch_log(path.parent)))
         return found
 
     def table(self, columns: list[str], row: Callable[[list[Kept]], list[str]]) -> None:
@@ -121,11 +131,12 @@ class Claims:
         parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each run once per seed")
         parser.add_argument("--report", action="store_true", help="print the tables of kept runs; train nothing")
         parser.add_argument("--commands", action="store_true",
-                            help="print the `selfens train` command of each run (seed 0); train nothing")
+                            help="print the `selfens train` command of each run and seed; train nothing")
         args = parser.parse_args()
         if args.commands:
-            for key in args.only or self.runs:
-                print(self.command(key))
+            for seed in args.seeds:
+                for key in args.only or self.runs:
+                    print(self.command(key, seed))
             return
         if not args.report:
             for seed in args.seeds:

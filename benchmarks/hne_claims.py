@@ -17,19 +17,18 @@ Every run uses the same recipe (claims.RECIPE: NFE's, 6 epochs). Runs and kept r
 """
 from __future__ import annotations
 
-from claims import RECIPE, Claims, Kept, Run, mean_spread
+from claims import RECIPE, SINGLE, Claims, Kept, Run, mean_spread
 
-SINGLE = "configs/nfe-single-resnet10t-fmnist.yaml"
+HNE = "configs/hne-resnet10t-fmnist.yaml"
 LEAF_WIDTH = ("model.args.channels=[12,24,48,96]", "model.args.stem_width=8")
-HNE = ("configs/hne-resnet10t-fmnist.yaml", (*LEAF_WIDTH, *RECIPE))
 
 CLAIMS = Claims("hne-claims", {
-    "single": Run("single network 16-32-64-128", SINGLE, kept_in="nfe-claims"),
-    "hne-li-lhd": Run("HNE 12-24-48-96, L_I + L_HD", *HNE),
-    "hne-li": Run("HNE 12-24-48-96, L_I", HNE[0], (*HNE[1], "distiller.args.objective=li")),
-    "de2-leaves": Run("deep ensemble of 2 HNE leaves", SINGLE,
+    "single": SINGLE,
+    "hne-li-lhd": Run("HNE 12-24-48-96, L_I + L_HD", HNE, (*LEAF_WIDTH, *RECIPE)),
+    "hne-li": Run("HNE 12-24-48-96, L_I", HNE, (*LEAF_WIDTH, *RECIPE, "distiller.args.objective=li")),
+    "de2-leaves": Run("deep ensemble of 2 HNE leaves", SINGLE.config,
                       (*LEAF_WIDTH, "model.args.num_members=2", "combiner.name=mean_logits")),
-    "single-10ep": Run("single network 16-32-64-128, 10 epochs", SINGLE, ("train.epochs=10",)),
+    "single-10ep": Run("single network 16-32-64-128, 10 epochs", SINGLE.config, ("train.epochs=10",)),
 })
 
 

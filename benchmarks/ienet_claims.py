@@ -17,18 +17,17 @@ kept results: benchmarks/claims.py.
 """
 from __future__ import annotations
 
-from claims import RECIPE, SMALL_RESNET10T, Claims, Kept, Run, mean_spread
+from claims import RECIPE, SINGLE, SMALL_RESNET10T, Claims, Kept, Run, mean_spread
 
 IENET = "configs/ienet-mobilenetv2-fmnist.yaml"
 ON_RESNET10T = ("model.name=ienet-resnet10t", *SMALL_RESNET10T, *RECIPE)
-SINGLE = "configs/nfe-single-resnet10t-fmnist.yaml"
 
 CLAIMS = Claims("ienet-claims", {
     "rc": Run("IENet RC, stacking", IENET, ON_RESNET10T),
     "slimmable": Run("IENet slimmable, stacking", IENET, (*ON_RESNET10T, "model.args.selection=slimmable")),
-    "standalone-equal-cost": Run("stand-alone 29-58-116-232", SINGLE,
+    "standalone-equal-cost": Run("stand-alone 29-58-116-232", SINGLE.config,
                                  ("model.args.channels=[29,58,116,232]", "model.args.stem_width=15")),
-    "single": Run("single network 16-32-64-128", SINGLE, kept_in="nfe-claims"),
+    "single": SINGLE,
     "sc": Run("IENet SC, stacking", IENET, (*ON_RESNET10T, "model.args.selection=sc")),
 })
 

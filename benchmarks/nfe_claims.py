@@ -11,16 +11,15 @@ config (6); the configs say how the models are sized (docs/nfe.md). Runs and kep
 """
 from __future__ import annotations
 
-from claims import Claims, Kept, Run, mean_spread
+from claims import SINGLE, Claims, Kept, Run, mean_spread
 
 NFE = "configs/nfe-resnet10t-fmnist.yaml"
-SINGLE = "configs/nfe-single-resnet10t-fmnist.yaml"
 DEEP = "configs/nfe-deep-ensemble-resnet10t-fmnist.yaml"
 FISSION_ONLY = ("model.args.sparsity=0", "model.args.channels=[16,32,64,128]", "model.args.stem_width=8")
 N2 = ("model.args.num_members=2",)
 
 CLAIMS = Claims("nfe-claims", {  # the headline comparison first
-    "single": Run("single network", SINGLE),
+    "single": SINGLE,
     "nfe3-snip": Run("NFE N=3, SNIP 0.5", NFE),
     "de3": Run("deep ensemble N=3", DEEP),
     "nfe2-snip": Run("NFE N=2, SNIP 0.5", NFE, N2),

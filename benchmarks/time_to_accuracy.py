@@ -10,7 +10,7 @@ timed at its phase's fastest epoch (``selfens_core.rundir.idle_epoch_seconds``: 
 idle machine); ``--logged`` plots the logged times. The printed table gives both totals and the minutes to reach
 each of ``--targets``.
 
-    python benchmarks/time_to_accuracy.py benchmarks/results/nfe-claims/seed0/{single,nfe3-snip} --out tta.png
+    python benchmarks/time_to_accuracy.py benchmarks/results/nfe-claims/seed0/{single,nfe3-synflow} --out tta.png
 """
 from __future__ import annotations
 
@@ -22,26 +22,26 @@ from selfens_core.rundir import idle_epoch_seconds, read_epoch_log
 
 
 def run_label(run: Path) -> str:
-    """``claims/run`` for a kept claims run (``.../<claims>/seed<S>/<run>``), else the directory's name."""
-    return f"{run.parent.parent.name}/{run.name}" if run.parent.name.startswith("seed") else run.name
+    """``claims/seedS/run`` for a kept claims run (``.../<claims>/seed<S>/<run>``), else the directory's name."""
+    return f"{run.parent.parent.name}/{run.parent.name}/{run.name}" if run.parent.name.startswith("seed") else run.name
 
 
-def read_curve(run: Path, logged: bool = False) -> tuple[str, list[float], dict[str, list[float]]]:
-    """(split name, cumulative training minutes, accuracy per budget) from ``run/metrics.jsonl``; epochs timed at
-    their phase's fastest unless ``logged``."""
+def read_curve(run: Path) -> tuple[str, list[float], list[float], dict[str, list[float]]]:
+    """(split name, cumulative training minutes at each phase's fastest epoch, cumulative logged minutes, accuracy
+    per budget) from ``run/metrics.jsonl``."""
     records = read_epoch_log(run)
     if not records:
         raise SystemExit(f"{run} has no finished epoch in metrics.jsonl: is it a `selfens train` run directory?")
     split = "val" if "val_acc" in records[0] else "test"
-    seconds = [r["seconds"] for r in records] if logged else idle_epoch_seconds(records)
-    minutes = [s / 60 for s in itertools.accumulate(seconds)]
+    idle = [s / 60 for s in itertools.accumulate(idle_epoch_seconds(records))]
+    logged = [s / 60 for s in itertools.accumulate(r["seconds"] for r in records)]
     budgets = records[0][f"{split}_acc"].keys()
-    return split, minutes, {b: [r[f"{split}_acc"][b] for r in records] for b in budgets}
+    return split, idle, logged, {b: [r[f"{split}_acc"][b] for r in records] for b in budgets}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories or kept claims runs")
     parser.add_argument("--out", required=True, help="the plot (.png)")
     parser.add_argument("--budgets", action="store_true", help="also plot every smaller member budget")
     parser.add_argument("--logged", action="store_true", help="the logged epoch times instead of idle estimates")
@@ -60,8 +60,7 @@ def main() -> None:
           + " | ".join(f"min to {100 * t:g}%" for t in args.targets) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(args.targets))
     for run in args.runs:
-        split, idle_minutes, accuracy = read_curve(run)
-        logged_minutes = read_curve(run, logged=True)[1]
+        split, idle_minutes, logged_minutes, accuracy = read_curve(run)
         minutes = logged_minutes if args.logged else idle_minutes
         label = run_label(run)
         splits.add(split)

@@ -59,7 +59,8 @@ PLAN: tuple[Entry, ...] = (
     Entry("hne-resnet-small.fmnist", "configs/hne-resnet-small-fmnist.yaml", ("train.precise_bn=50",)),
     Entry("ienet-mobilenetv2.fmnist", "configs/ienet-mobilenetv2-fmnist.yaml", ("train.precise_bn=50",)),
     Entry("deep-ensemble-resnet10t.fmnist", "configs/nfe-deep-ensemble-resnet10t-fmnist.yaml", ("train.epochs=30",)),
-    Entry("nfe-resnet10t.fmnist", "configs/nfe-resnet10t-fmnist.yaml", ("train.epochs=30",)),
+    Entry("nfe-resnet10t.fmnist", "configs/nfe-resnet10t-fmnist.yaml",
+          ("train.epochs=30", "model.args.pruning=synflow")),
     Entry("supernet-mlp.fmnist", "configs/supernet-mlp-fmnist.yaml"),
     Entry("meal-resnet.fmnist", "configs/meal-fmnist.yaml", ("train.precise_bn=50",), teachers=_TEACHERS),
 )

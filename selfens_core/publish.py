@@ -58,8 +58,9 @@ def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path,
     metrics = evaluate(exported, splits["test"], info, progress=progress)
     metrics.update(split="test", dataset=dataset)
     recipe = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    epochs = read_epoch_log(run_dir)
     write_card(out, exported.pretrained_cfg, metrics, name=f"{name}.{tag}", recipe=recipe, license=license,
-               notes=notes, epochs=read_epoch_log(run_dir))
+               notes=notes, epochs=epochs)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     best = metrics["members"][str(max(map(int, metrics["members"])))]
     entry = ZooEntry(name=name, tag=tag, repo_id=repo_id or f"selfens/{name}.{tag}", revision=None,
@@ -68,7 +69,8 @@ def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path,
                      summary={"architecture": exported.pretrained_cfg["architecture"], "dataset": dataset,
                               "num_members": exported.num_members, "acc": best["acc"],
                               "acc_one_member": metrics["members"]["1"]["acc"], "test_images": len(splits["test"]),
-                              "params": metrics["params"], "weights_dtype": dtype})
+                              "params": metrics["params"], "weights_dtype": dtype, "epochs": len(epochs),
+                              "training_minutes": round(sum(idle_epoch_seconds(epochs)) / 60, 1)})
     write_manifest(entry)
     return entry
 
@@ -94,14 +96,14 @@ def write_card(directory: Path, cfg: dict[str, Any], metrics: dict[str, Any], *,
     data = ModelCardData(license=license, library_name="selfens", datasets=[dataset], model_name=name,
                          tags=["self-ensemble", "image-classification", cfg["architecture"]], eval_results=results,
                          pipeline_tag="image-classification")
-    effective = all("effective_flops" in m for m in metrics["members"].values())  # a model that reports its cost
+    effective = all("effective_flops" in m for m in metrics["members"].values()) and bool(metrics["members"])
     rows = "\n".join(f"| {k} | {100 * m['acc']:.2f} | {m['nll']:.3f} | {m['ece']:.3f} | {m['brier']:.3f} | "
                      f"{m.get('flops', 0) / 1e6:.1f} |" + (f" {m['effective_flops'] / 1e6:.1f} |" if effective else "")
                      for k, m in metrics["members"].items())
     training = "" if not epochs else (
-        f"\nTraining: {len(epochs)} epochs, {sum(r['seconds'] for r in epochs) / 60:.1f} minutes as logged, "
-        f"{sum(idle_epoch_seconds(epochs)) / 60:.1f} at each phase's fastest epoch (the machine's idle cost; "
-        f"evaluation excluded).\n")
+        f"\nTraining: {len(epochs)} epoch{'s' if len(epochs) > 1 else ''}, "
+        f"{sum(r['seconds'] for r in epochs) / 60:.1f} minutes as logged, {sum(idle_epoch_seconds(epochs)) / 60:.1f} "
+        f"at each phase's fastest epoch (an estimate of the idle machine's cost; evaluation excluded).\n")
     params = f"{metrics['params']:,}" + (f" ({metrics['effective_params']:,} nonzero)"
                                          if "effective_params" in metrics else "")
     body = f"""

@@ -52,7 +52,8 @@ def test_card_is_a_hub_model_card_with_the_measured_results(exported):
     assert [r.metric_value for r in card.data.eval_results] == [round(m["acc"], 4) for m in
                                                                 metrics["members"].values()]
     assert "hne-resnet-small" in card.text and "## Training recipe" in card.text
-    assert "Training: 1 epochs," in card.text  # the run's time, from its epoch log
+    assert "Training: 1 epoch," in card.text  # the run's time, from its epoch log
+    assert exported.summary["epochs"] == 1 and exported.summary["training_minutes"] >= 0
 
 
 def test_load_reproduces_the_card_from_the_bundled_copy(exported):
