@@ -163,7 +163,7 @@ def create_backbone(name: str, *, num_classes: int, in_chans: int, small_images:
 def _remeasure_feature_info(model: nn.Module, in_chans: int, size: int = 64) -> None:
     """Correct timm's ``feature_info`` reductions after an adapter changed the model's strides: each stage's
     reduction is measured (input size / output size) by one forward pass with hooks, so that consumers that pick
-    stages by reduction (MEAL's taps) get the stages at the resolution they asked for."""
+    stages by reduction (a distiller's intermediate taps) get the stages at the resolution they asked for."""
     info = getattr(model, "feature_info", None)
     if not isinstance(info, list) or not info:
         return
