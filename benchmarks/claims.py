@@ -79,19 +79,19 @@ class Claims:
     def __init__(self, name: str, runs: dict[str, Run]):
         self.name, self.runs = name, runs
 
-    def _owner(self, key: str) -> str:
-        """The claims name whose ``runs/`` and results folders hold ``key``."""
-        return self.runs[key].kept_in or self.name
+    def _folder(self, root: Path, key: str, seed: int) -> Path:
+        """``key``'s folder for ``seed`` under ``root`` (``runs/`` or the results), in its owner's claims."""
+        return root / (self.runs[key].kept_in or self.name) / f"seed{seed}" / key
 
     def train(self, key: str, seed: int) -> None:
         """Train ``key`` for ``seed`` unless it is kept, then keep its metrics."""
-        kept = RESULTS / self._owner(key) / f"seed{seed}" / key
+        kept = self._folder(RESULTS, key, seed)
         if (kept / "metrics.json").exists():
             return
-        out = Path("runs") / self._owner(key) / f"seed{seed}" / key
+        out = self._folder(Path("runs"), key, seed)
         if not (out / "metrics.json").exists():
             run = self.runs[key]
-            print(f"--- training {key} (seed {seed}): {run.config} {' '.join(run.overrides)}", flush=True)
+            print(f"--- training {key} (seed {seed}): {self.command(key, seed)}", flush=True)
             cfg = load_config(run.config, [*run.overrides, f"train.seed={seed}"])
             engine.train(cfg, out, resume=(out / "checkpoints").is_dir(), progress=False)
         kept.mkdir(parents=True, exist_ok=True)
@@ -101,14 +101,14 @@ class Claims:
     def command(self, key: str, seed: int = 0) -> str:
         """The ``selfens train`` command that trains ``key`` for ``seed`` into the folder this script uses (add
         ``--resume`` to continue a run there)."""
-        run = self.runs[key]
-        out = Path("runs") / self._owner(key) / f"seed{seed}" / key
+        run, out = self.runs[key], self._folder(Path("runs"), key, seed)
         return shlex.join(["selfens", "train", run.config, "--out", str(out), *run.overrides, f"train.seed={seed}"])
 
     def kept(self, key: str) -> list[Kept]:
         """The finished seeds of ``key``."""
         found = []
-        for path in sorted((RESULTS / self._owner(key)).glob(f"seed*/{key}/metrics.json")):
+        owner_results = self._folder(RESULTS, key, 0).parent.parent  # RESULTS/<owner claims>
+        for path in sorted(owner_results.glob(f"seed*/{key}/metrics.json")):
             found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()),
                               read_epoch_log(path.parent)))
         return found

@@ -55,11 +55,10 @@ def reevaluate(pattern: str, data_root: str | None, tolerance: float) -> int:
         except Exception as error:  # one broken entry must not hide the others' results
             failed.append(f"{name} ({type(error).__name__}: {error})")
             continue
-        measured = {k: m["acc"] for k, m in metrics["members"].items()}
-        stated = entry.summary["acc"]
+        summary = entry.summary
+        measured, stated = {k: m["acc"] for k, m in metrics["members"].items()}, summary["acc"]
         if abs(measured[max(measured, key=int)] - stated) > tolerance:
             failed.append(f"{name} (measured {measured}, manifest {stated})")
-        summary = entry.summary
         training = (f"{summary['epochs']} epochs, {summary['training_minutes']} min" if "training_minutes" in summary
                     else "see the card")
         print(f"| `{name}` | {model.num_members} | {' / '.join(f'{k}: {100 * a:.2f}' for k, a in measured.items())} "
