@@ -4,7 +4,7 @@ Made for the `device` tool's GPU (issue 14): ``bash scripts/gpu-zoo.sh`` runs th
 in ``$OUT``; here, ``python scripts/zoo_retrain.py --unpack FOLDER`` checks them and puts them into ``zoo/``. On the CPU
 it is the same pipeline at smoke size:
 
-    python scripts/zoo_retrain.py --device cpu --smoke --only resnet10t.fmnist meal-resnet.fmnist
+    python scripts/zoo_retrain.py --device cpu --smoke --only resnet10t.fmnist meal-resnet10t.fmnist
 
 Entries train in stages: first every entry that needs no other (all at once on a GPU: these models are far too small
 to fill one alone), then the MEAL student, whose teachers are the entries just retrained (``local-dir:`` references
@@ -61,8 +61,10 @@ PLAN: tuple[Entry, ...] = (
     Entry("deep-ensemble-resnet10t.fmnist", "configs/nfe-deep-ensemble-resnet10t-fmnist.yaml", ("train.epochs=30",)),
     Entry("nfe-resnet10t.fmnist", "configs/nfe-resnet10t-fmnist.yaml",
           ("train.epochs=30", "model.args.pruning=synflow")),
-    Entry("supernet-mlp.fmnist", "configs/supernet-mlp-fmnist.yaml"),
-    Entry("meal-resnet.fmnist", "configs/meal-fmnist.yaml", ("train.precise_bn=50",), teachers=_TEACHERS),
+    Entry("supernet-mlp.fmnist", "configs/supernet-mlp-fmnist.yaml", ("combiner.args.l2=1.0e-2",)),
+    Entry("meal-resnet10t.fmnist", "configs/meal-fmnist.yaml",
+          ("model.name=deep-ensemble-resnet10t", "model.args.small_images=true", "model.args.channels=[16,32,64,128]",
+           "model.args.stem_width=8", "train.precise_bn=50"), teachers=_TEACHERS),
 )
 
 
