@@ -65,7 +65,8 @@ def main() -> None:
         label = run_label(run)
         splits.add(split)
         budgets = sorted(accuracy, key=int)
-        line, = ax.plot(minutes, accuracy[budgets[-1]], marker="o", label=f"{label} ({budgets[-1]} members)")
+        members = f"{budgets[-1]} member" + ("s" if budgets[-1] != "1" else "")
+        line, = ax.plot(minutes, accuracy[budgets[-1]], marker="o", label=f"{label} ({members})")
         reached = [next((m for m, a in zip(minutes, accuracy[budgets[-1]]) if a >= t), None) for t in args.targets]
         reached_cells = " | ".join("never" if m is None else f"{m:.1f}" for m in reached)
         print(f"| {label} | {budgets[-1]} | {len(minutes)} | {accuracy[budgets[-1]][-1]:.4f} ({split}) | "
