@@ -93,7 +93,7 @@ class Claims:
             run = self.runs[key]
             print(f"--- training {key} (seed {seed}): {self.command(key, seed)}", flush=True)
             cfg = load_config(run.config, [*run.overrides, f"train.seed={seed}"])
-            engine.train(cfg, out, resume=(out / "checkpoints").is_dir(), progress=False)
+            engine.train(cfg, out, resume=out.is_dir(), progress=False)  # also a run stopped before its first epoch
         kept.mkdir(parents=True, exist_ok=True)
         for file in ("metrics.json", "metrics.jsonl", "config.yaml"):
             shutil.copy(out / file, kept / file)

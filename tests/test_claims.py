@@ -32,6 +32,14 @@ def test_a_finished_run_is_kept_per_seed_and_not_trained_again(tiny_claims, monk
     tiny_claims.train("tiny", seed=3)
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tiny_claims):
+    out = Path("runs/tiny-claims/seed0/tiny")
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text("stale: true\n")  # what a run killed during its first epoch leaves
+    tiny_claims.train("tiny", seed=0)
+    assert [k.seed for k in tiny_claims.kept("tiny")] == [0]
+
+
 def test_a_shared_run_is_trained_once_and_kept_where_it_belongs(tiny_claims, monkeypatch):
     tiny_claims.train("tiny", seed=0)
     sharing = claims.Claims("other-claims", {"tiny": claims.Run("shared", "unused.yaml", kept_in="tiny-claims")})
