@@ -79,9 +79,13 @@ class Claims:
     def __init__(self, name: str, runs: dict[str, Run]):
         self.name, self.runs = name, runs
 
+    def _owner_folder(self, root: Path, key: str) -> Path:
+        """The folder under ``root`` (``runs/`` or the results) of the claims that own ``key``."""
+        return root / (self.runs[key].kept_in or self.name)
+
     def _folder(self, root: Path, key: str, seed: int) -> Path:
-        """``key``'s folder for ``seed`` under ``root`` (``runs/`` or the results), in its owner's claims."""
-        return root / (self.runs[key].kept_in or self.name) / f"seed{seed}" / key
+        """``key``'s folder for ``seed`` under ``root``, in its owner's claims."""
+        return self._owner_folder(root, key) / f"seed{seed}" / key
 
     def train(self, key: str, seed: int) -> None:
         """Train ``key`` for ``seed`` unless it is kept, then keep its metrics."""
@@ -107,8 +111,7 @@ class Claims:
     def kept(self, key: str) -> list[Kept]:
         """The finished seeds of ``key``."""
         found = []
-        owner_results = self._folder(RESULTS, key, 0).parent.parent  # RESULTS/<owner claims>
-        for path in sorted(owner_results.glob(f"seed*/{key}/metrics.json")):
+        for path in sorted(self._owner_folder(RESULTS, key).glob(f"seed*/{key}/metrics.json")):
             found.append(Kept(int(path.parent.parent.name.removeprefix("seed")), json.loads(path.read_text()),
                               read_epoch_log(path.parent)))
         return found
