@@ -13,6 +13,9 @@ several seeds:
 4. the single network of the same family (16-32-64-128, 28 MFLOP) as the reference, shared with the NFE claims, and
    the same network trained for 10 epochs instead of 6: about the HNE's training time (a training step of the HNE
    costs 1.7× the single network's on this CPU), the equal-wall-time comparison.
+5. code or recipe? A 2-member HNE that shares only the stem (split before layer1) is, but for the 8-channel stem and
+   the grouped execution, the deep ensemble of 2 leaves: if HNE's code is right it gains as much over its best member
+   as that deep ensemble does, and the small gains of the 4-member HNE come from what its members share.
 
     python benchmarks/hne_claims.py --seeds 0 1        # train what is missing (about 15 min a run), print the table
     python benchmarks/hne_claims.py --report           # the table of the kept runs, training nothing
@@ -34,6 +37,9 @@ CLAIMS = Claims("hne-claims", {
                            (*LEAF_WIDTH, *RECIPE, "train.lr=0.2", "train.weight_decay=2.5e-4")),
     "de2-leaves": Run("deep ensemble of 2 HNE leaves", SINGLE.config,
                       (*LEAF_WIDTH, "model.args.num_members=2", "combiner.name=mean_logits")),
+    "hne2-stem-shared": Run("HNE of 2 members sharing only the stem, L_I", HNE,
+                            (*LEAF_WIDTH, *RECIPE, "distiller.args.objective=li", "model.args.num_members=2",
+                             "model.args.split_stages=[0]")),
     "single-10ep": Run("single network 16-32-64-128, 10 epochs", SINGLE.config, ("train.epochs=10",)),
 })
 
