@@ -9,7 +9,7 @@ several seeds:
 3. IENet against a stand-alone network of equal inference cost: resnet10t at 29-58-116-232 (stem 15), 95 MFLOP
    against the 96 of IENet's four sub-networks.
 
-    python benchmarks/ienet_claims.py --seeds 0 1      # train what is missing (about 40 min an IENet run)
+    python benchmarks/ienet_claims.py --seeds 0 1      # train what is missing (about an hour an IENet run)
     python benchmarks/ienet_claims.py --report         # the table of the kept runs, training nothing
 
 Every run uses the same recipe (claims.RECIPE: NFE's, 6 epochs; IENet keeps its gradient clipping at 5). Runs and
