@@ -49,6 +49,9 @@ class Entry:
 _TEACHERS = ("resnet10t.fmnist", "mobilenetv2_100.fmnist", "efficientnet_b0.fmnist", "hne-resnet-small.fmnist",
              "hne-mobilenetv2.fmnist")
 
+# the CPU-scale claims' network (benchmarks/claims.py), so a GPU retrain replaces the CPU entry with the same model
+_CPU_SCALE_RESNET10T = ("model.args.small_images=true", "model.args.channels=[16,32,64,128]", "model.args.stem_width=8")
+
 PLAN: tuple[Entry, ...] = (
     Entry("resnet10t.fmnist", "configs/resnet10t-fmnist.yaml",
           ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32", "train.epochs=40")),
@@ -58,15 +61,13 @@ PLAN: tuple[Entry, ...] = (
     Entry("hne-mobilenetv2.fmnist", "configs/hne-mobilenetv2-fmnist.yaml", ("train.precise_bn=50",)),
     Entry("hne-resnet-small.fmnist", "configs/hne-resnet-small-fmnist.yaml", ("train.precise_bn=50",)),
     Entry("ienet-resnet10t.fmnist", "configs/ienet-mobilenetv2-fmnist.yaml",
-          ("model.name=ienet-resnet10t", "model.args.small_images=true", "model.args.channels=[16,32,64,128]",
-           "model.args.stem_width=8", "train.precise_bn=50")),
+          ("model.name=ienet-resnet10t", *_CPU_SCALE_RESNET10T, "train.precise_bn=50")),
     Entry("deep-ensemble-resnet10t.fmnist", "configs/nfe-deep-ensemble-resnet10t-fmnist.yaml", ("train.epochs=30",)),
     Entry("nfe-resnet10t.fmnist", "configs/nfe-resnet10t-fmnist.yaml",
           ("train.epochs=30", "model.args.pruning=synflow")),
     Entry("supernet-mlp.fmnist", "configs/supernet-mlp-fmnist.yaml", ("combiner.args.l2=1.0e-2",)),
     Entry("meal-resnet10t.fmnist", "configs/meal-fmnist.yaml",
-          ("model.name=deep-ensemble-resnet10t", "model.args.small_images=true", "model.args.channels=[16,32,64,128]",
-           "model.args.stem_width=8", "train.precise_bn=50"), teachers=_TEACHERS),
+          ("model.name=deep-ensemble-resnet10t", *_CPU_SCALE_RESNET10T, "train.precise_bn=50"), teachers=_TEACHERS),
 )
 
 
