@@ -74,6 +74,26 @@ def test_grouped_execution_equals_each_member_path(name):
     check_tree_equivalence(model, torch.randn(2, 1, 28, 28))
 
 
+def test_tree_training_gives_each_member_the_gradient_it_gets_alone():
+    """A 2-member tree that shares only its stem trains exactly as two networks would alone: under L_I every branch's
+    gradient equals the one its member's own path gets from its own loss (the code side of docs/results.md's
+    hne2-stem-shared run, which compares this tree with a deep ensemble)."""
+    model = selfens_core.create("hne-resnet18", num_classes=7, in_chans=1, num_members=2, split_stages=[0]).train()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 7, (4,))
+    sum(torch.nn.functional.cross_entropy(logits, y) for logits in model(x)).backward()
+    grouped = [p.grad for n, p in model.named_parameters() if not n.startswith("stem")]
+    alone = []
+    for k in range(2):
+        path = model.member_path(k).train()
+        params = [p for n, p in path.named_parameters() if not n.startswith("0.")]  # "0." is the shared stem
+        alone.append(torch.autograd.grad(torch.nn.functional.cross_entropy(path(x), y), params))
+    assert len(grouped) == len(alone[0]) > 50
+    for tree_grad, *branch_grads in zip(grouped, *alone):
+        if tree_grad.dim() == 3:  # the tree head stores (members, features, classes), a Linear (classes, features)
+            branch_grads = [g.t() for g in branch_grads]
+        torch.testing.assert_close(tree_grad.reshape(2, -1), torch.stack([g.reshape(-1) for g in branch_grads]))
+
+
 @pytest.mark.parametrize("name", ["hne-resnet-small", "hne-mobilenetv2"])
 def test_tree_flops_saving_at_paper_size(name):
     """All N members cost (2^{B+1}-1)/((B+1)·N) of N independent members when blocks cost alike; the paper's
