@@ -59,14 +59,15 @@ def main() -> None:
     print("| run | members | epochs | final accuracy | minutes (idle) | minutes (logged) | "
           + " | ".join(f"min to {100 * t:g}%" for t in args.targets) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(args.targets))
-    for run in args.runs:
+    for i, run in enumerate(args.runs):
         split, idle_minutes, logged_minutes, accuracy = read_curve(run)
         minutes = logged_minutes if args.logged else idle_minutes
         label = run_label(run)
         splits.add(split)
         budgets = sorted(accuracy, key=int)
         members = f"{budgets[-1]} member" + ("s" if budgets[-1] != "1" else "")
-        line, = ax.plot(minutes, accuracy[budgets[-1]], marker="o", label=f"{label} ({members})")
+        line, = ax.plot(minutes, accuracy[budgets[-1]], marker="os^D"[i // 10 % 4],  # 10 colours, then a new marker
+                        label=f"{label} ({members})")
         reached = [next((m for m, a in zip(minutes, accuracy[budgets[-1]]) if a >= t), None) for t in args.targets]
         reached_cells = " | ".join("never" if m is None else f"{m:.1f}" for m in reached)
         print(f"| {label} | {budgets[-1]} | {len(minutes)} | {accuracy[budgets[-1]][-1]:.4f} ({split}) | "
