@@ -81,12 +81,16 @@ def test_tree_training_gives_each_member_the_gradient_it_gets_alone():
     model = selfens_core.create("hne-resnet18", num_classes=7, in_chans=1, num_members=2, split_stages=[0]).train()
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 7, (4,))
     sum(torch.nn.functional.cross_entropy(logits, y) for logits in model(x)).backward()
-    grouped = [p.grad for n, p in model.named_parameters() if not n.startswith("stem")]
+    stem = [p.grad for p in model.stem.parameters()]
+    grouped = [p.grad for n, p in model.named_parameters() if not n.startswith("stem.")]
     alone = []
     for k in range(2):
-        path = model.member_path(k).train()
-        params = [p for n, p in path.named_parameters() if not n.startswith("0.")]  # "0." is the shared stem
-        alone.append(torch.autograd.grad(torch.nn.functional.cross_entropy(path(x), y), params))
+        path = model.member_path(k).train()  # path[0] is the tree's own stem module
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(path(x), y), list(path.parameters()))
+        alone.append(grads)
+    for tree_grad, *member_grads in zip(stem, *alone):  # the shared stem gets the sum of both members' gradients
+        torch.testing.assert_close(tree_grad, sum(member_grads))
+    alone = [grads[len(stem):] for grads in alone]
     assert len(grouped) == len(alone[0]) > 50
     for tree_grad, *branch_grads in zip(grouped, *alone):
         if tree_grad.dim() == 3:  # the tree head stores (members, features, classes), a Linear (classes, features)
