@@ -21,19 +21,18 @@ from __future__ import annotations
 from claims import RECIPE, SINGLE, SMALL_RESNET10T, Claims, Kept, Run, mean_spread
 
 STUDENT = ("model.name=deep-ensemble-resnet10t", *SMALL_RESNET10T, *RECIPE)
+ONE_TEACHER = (*STUDENT, "distiller.args.teachers=[resnet10t.fmnist]")
 
 CLAIMS = Claims("meal-claims", {
     "single": SINGLE,
     "meal": Run("MEAL from resnet10t + hne-resnet10t", "configs/meal-fmnist.yaml",
                 (*STUDENT, "distiller.args.teachers=[resnet10t.fmnist,hne-resnet10t.fmnist]")),
     "kd": Run("KD from resnet10t", "configs/meal-kd-fmnist.yaml", STUDENT),
-    "meal-one-teacher": Run("MEAL from resnet10t alone", "configs/meal-fmnist.yaml",
-                            (*STUDENT, "distiller.args.teachers=[resnet10t.fmnist]")),
+    "meal-one-teacher": Run("MEAL from resnet10t alone", "configs/meal-fmnist.yaml", ONE_TEACHER),
     "meal-one-teacher-kd-terms": Run("KD from resnet10t + MEAL's block-wise and adversarial terms",
                                      "configs/meal-fmnist.yaml",
-                                     (*STUDENT, "distiller.args.teachers=[resnet10t.fmnist]",
-                                      "distiller.args.weights=[0.005,0.025,0.5]", "distiller.args.label_weight=0.5",
-                                      "distiller.args.temperature=4.0")),
+                                     (*ONE_TEACHER, "distiller.args.weights=[0.005,0.025,0.5]",
+                                      "distiller.args.label_weight=0.5", "distiller.args.temperature=4.0")),
 })
 
 

@@ -86,8 +86,7 @@ def test_tree_training_gives_each_member_the_gradient_it_gets_alone():
     alone = []
     for k in range(2):
         path = model.member_path(k).train()  # path[0] is the tree's own stem module
-        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(path(x), y), list(path.parameters()))
-        alone.append(grads)
+        alone.append(torch.autograd.grad(torch.nn.functional.cross_entropy(path(x), y), list(path.parameters())))
     for tree_grad, *member_grads in zip(stem, *alone):  # the shared stem gets the sum of both members' gradients
         torch.testing.assert_close(tree_grad, sum(member_grads))
     alone = [grads[len(stem):] for grads in alone]
