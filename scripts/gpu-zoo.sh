@@ -5,7 +5,7 @@
 #   run(command="bash scripts/gpu-zoo.sh", carry=[".whl", ".data"], timeout_s=600)   # there, with the device tool
 #   python scripts/zoo_retrain.py --unpack FILES_AT            # here: verify the entries and put them into zoo/
 #
-# Then re-evaluate every entry offline (HF_HUB_OFFLINE=1 selfens eval NAME) and commit. ARGS go to
+# Then re-evaluate every entry offline (HF_HUB_OFFLINE=1 selfens eval NAME --out eval/NAME) and commit. ARGS go to
 # scripts/zoo_retrain.py (e.g. --only hne-mobilenetv2.fmnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."

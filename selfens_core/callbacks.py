@@ -34,6 +34,7 @@ class PhaseInfo:
     first_epoch: int  # global 0-based epoch at which the phase starts
     trains: list[str]  # the names of the model parameters this phase trains
     schedule: Any  # the phase's schedule object (``minima(total_steps, steps_per_epoch)`` where it has cycles)
+    warmup_steps: int = 0  # the linear warm-up's steps at the phase's start, before ``schedule``
 
 
 @dataclass

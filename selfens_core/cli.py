@@ -1,4 +1,4 @@
-"""The ``selfens`` command: train, eval, list."""
+"""The ``selfens`` command: train, eval, list, plugins, zoo."""
 from __future__ import annotations
 
 import argparse
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        sys.exit("interrupted; continue with: selfens train CONFIG --out DIR --resume")
+        sys.exit("interrupted; continue with: selfens train CONFIG --out DIR --resume" if args.command == "train"
+                 else "interrupted")
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         sys.exit(_error_message(error))
 

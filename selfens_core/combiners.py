@@ -51,25 +51,21 @@ class MeanProbs(Combiner):
 
 
 class Voting(Combiner):
-    """Majority vote of the members' predicted classes; ties broken at random.
+    """Majority vote of the members' predicted classes; a tie goes to the tied class of highest mean probability.
 
     The probabilities are the vote shares, with the chosen class nudged by ``1e-3`` of a vote so that ``argmax`` is
-    the vote's winner. The tie-break draws from a generator re-seeded with ``seed`` on every call, so the same inputs
-    always give the same answer (evaluation is deterministic) while ties are not resolved towards low class indices.
+    the vote's winner. Breaking ties by the members' mean probability (not at random, not towards low class
+    indices) keeps each image's answer a function of its own member outputs: the same in any batch, and repeatable.
     """
 
     NUDGE = 1e-3
 
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        self.seed = seed
-
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         m, b, c = logits.shape
         votes = F.one_hot(logits.argmax(-1), c).sum(0).float()  # (B, C)
-        noise = torch.rand(b, c, generator=torch.Generator().manual_seed(self.seed)).to(votes.device)
+        mean_probs = logits.float().softmax(-1).mean(0)
         tied = votes == votes.amax(-1, keepdim=True)
-        winner = torch.where(tied, noise, torch.full_like(noise, -1.0)).argmax(-1)
+        winner = torch.where(tied, mean_probs, torch.full_like(mean_probs, -1.0)).argmax(-1)
         return (votes + self.NUDGE * F.one_hot(winner, c)) / (m + self.NUDGE)
 
 

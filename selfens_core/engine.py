@@ -366,7 +366,12 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
 
 
 def _phase_info(s: Setup, phase: Phase, trained: list[str] = (), schedule: Any = None) -> PhaseInfo:
-    return PhaseInfo(phase.index, phase.name, phase.epochs, s.first_epoch(phase), list(trained), schedule)
+    return PhaseInfo(phase.index, phase.name, phase.epochs, s.first_epoch(phase), list(trained), schedule,
+                     _warmup_steps(s, phase))
+
+
+def _warmup_steps(s: Setup, phase: Phase) -> int:
+    return round(phase.warmup_epochs * s.steps_per_epoch)
 
 
 def _start_phase(s: Setup, phase: Phase, state: TrainState, resume_from: Path | None) -> PhaseRun:
@@ -384,7 +389,7 @@ def _start_phase(s: Setup, phase: Phase, state: TrainState, resume_from: Path | 
     schedule = _schedule(phase)
     total = phase.epochs * s.steps_per_epoch
     multiplier = lr_lambda(schedule, total_steps=total, steps_per_epoch=s.steps_per_epoch,
-                           warmup_steps=round(phase.warmup_epochs * s.steps_per_epoch))
+                           warmup_steps=_warmup_steps(s, phase))
     try:
         scheduler = ScheduleSet(optimizer, multiplier)  # LambdaLR evaluates the first step: a bad cycle shows here
     except ValueError as error:

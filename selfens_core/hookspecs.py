@@ -36,7 +36,8 @@ def register_models(register):
     words for listings, ``examples`` start with ``prefix``. A builder is a function or class,
     ``builder(*, num_classes, in_chans, **kwargs) -> SelfEnsemble`` (family builders also get the suffix as their
     first positional argument). ``entry_options`` may name the defaults of the model's training recipe:
-    ``distiller=``, ``combiner=``, ``sampler=`` (registered names) and ``description=``; nothing else.
+    ``distiller=``, ``combiner=``, ``sampler=`` (registered names), ``phases=`` and ``callbacks=`` (lists as in a run
+    config's ``phases:`` and ``callbacks:``), and ``description=``; nothing else.
     """
 
 

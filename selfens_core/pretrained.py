@@ -28,7 +28,7 @@ def load_pretrained(directory: str | Path) -> SelfEnsemble:
         raise FileNotFoundError(f"{directory} is not a trained model directory: {CONFIG_FILE} is missing")
     cfg = _read_config(config_file)
     combiner = cfg.get("combiner")
-    if combiner is not None:  # with the options it was trained with (e.g. the voting seed)
+    if combiner is not None:  # with the options it was trained with (e.g. a merge layer's options)
         combiner = build_component("combiners", combiner, cfg.get("combiner_args"))
     try:
         model = build_model(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],

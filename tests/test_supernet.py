@@ -137,8 +137,9 @@ def test_merge_options_are_checked(options, message):
         Merge(**options)
 
 
-def _phase_state(model, trains, name="phase", index=0, schedule=None, epochs=1, steps_per_epoch=1):
-    phase = SimpleNamespace(index=index, name=name, epochs=epochs, trains=list(trains), schedule=schedule)
+def _phase_state(model, trains, name="phase", index=0, schedule=None, epochs=1, steps_per_epoch=1, warmup_steps=0):
+    phase = SimpleNamespace(index=index, name=name, epochs=epochs, trains=list(trains), schedule=schedule,
+                            warmup_steps=warmup_steps)
     return SimpleNamespace(model=model, phase=phase, steps_per_epoch=steps_per_epoch, phase_step=0,
                            phase_steps=epochs * steps_per_epoch)
 
@@ -174,11 +175,11 @@ def test_merge_refuses_a_model_without_member_classifiers():
         model.combiner.on_phase_start(_phase_state(model, ["all"]))
 
 
-def _snapshot_run(callback, model, schedule, epochs, steps_per_epoch, name="snapshots"):
+def _snapshot_run(callback, model, schedule, epochs, steps_per_epoch, name="snapshots", warmup_steps=0):
     """Run one phase of ``epochs`` with the callback, nudging the live member at each step; returns the live
     member's weights after each step (index = steps done)."""
     state = _phase_state(model, model.parameter_groups()["live"], name=name, schedule=schedule, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch)
+                         steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps)
     live, history = model.members[-1], [None]
     callback.on_train_start(state)
     callback.on_phase_start(state)
@@ -191,14 +192,16 @@ def _snapshot_run(callback, model, schedule, epochs, steps_per_epoch, name="snap
     return history
 
 
-@pytest.mark.parametrize("members, schedule, epochs, copied", [
-    (3, CosineRestarts(cycle_epochs=2), 6, [6, 12]),  # SGDR: cycle ends at 6, 12, 18; 18 is the live member
-    (4, Cyclic(cycle_epochs=2), 7, [3, 9, 15]),  # FGE: cycle middles at 3, 9, 15, 21 (= the phase's end)
-    (3, CosineRestarts(cycle_epochs=3), 6, [9, 18]),  # a free slot left at the end: the last minimum is copied too
+@pytest.mark.parametrize("members, schedule, epochs, warmup, copied", [
+    (3, CosineRestarts(cycle_epochs=2), 6, 0, [6, 12]),  # SGDR: cycle ends at 6, 12, 18; 18 is the live member
+    (4, Cyclic(cycle_epochs=2), 7, 0, [3, 9, 15]),  # FGE: cycle middles at 3, 9, 15, 21 (= the phase's end)
+    (3, CosineRestarts(cycle_epochs=3), 6, 0, [9, 18]),  # a free slot left at the end: the last minimum is copied too
+    (3, CosineRestarts(cycle_epochs=2), 7, 3, [9, 15]),  # 3 warm-up steps shift every cycle end: 9, 15, 21
 ])
-def test_snapshot_callback_fills_the_slots_at_the_schedule_minima(members, schedule, epochs, copied, tmp_path):
+def test_snapshot_callback_fills_the_slots_at_the_schedule_minima(members, schedule, epochs, warmup, copied,
+                                                                  tmp_path):
     model = create("snapshots-resnet10t", num_classes=4, in_chans=1, num_members=members, **TINY_CNN)
-    history = _snapshot_run(Snapshot(), model, schedule, epochs, steps_per_epoch=3)
+    history = _snapshot_run(Snapshot(), model, schedule, epochs, steps_per_epoch=3, warmup_steps=warmup)
     assert int(model.snapshots_taken) == len(copied)
     for slot, step in enumerate(copied):
         torch.testing.assert_close(model.members[slot].fc.weight, history[step])

@@ -1,6 +1,7 @@
 """HNE — Hierarchical Neural Ensembles (Ruiz & Verbeek): a binary tree of blocks run as grouped convolutions.
 
-Paper: ``papers/hne-hierarchical-neural-ensembles.md``. What lives here:
+Paper: *Distilled Hierarchical Neural Ensembles with Adaptive Inference Cost* (2020); guide: ``docs/hne.md``.
+What lives here:
 
 - ``tree.py``: the tree layers (grouped Conv2d / BatchNorm / per-leaf head) and the stacking transform;
 - ``model.py``: :class:`HierarchicalEnsemble`, prefix execution (``members=2^b`` costs exactly its sub-tree);

@@ -41,7 +41,7 @@ def _branches(num_blocks: int, num_members: int) -> list[int]:
 
 def resnet_member(num_classes: int, in_chans: int, width: float) -> BackboneParts:
     """One leaf of the CIFAR ResNet HNE: stem conv3×3 → 16, conv1×1 → 64, then four blocks of bottlenecks."""
-    w = lambda c: max(int(c * width), 4)  # noqa: E731
+    w = lambda c: max(int(c * width), 4)
     stem = nn.Sequential(conv_bn(in_chans, w(16), 3), conv_bn(w(16), w(64)))
     stages, cin = [], w(64)
     for channels, stride, layers in RESNET_BLOCKS:
@@ -55,7 +55,7 @@ def resnet_member(num_classes: int, in_chans: int, width: float) -> BackbonePart
 
 def mobilenetv2_member(num_classes: int, in_chans: int, width: float, head_channels: int) -> BackboneParts:
     """One leaf of the MobileNetV2 HNE; the last conv is a 1×1 conv to ``head_channels`` followed by a linear."""
-    w = lambda c: max(8, int(c * width + 4) // 8 * 8)  # noqa: E731  (MobileNet channel rounding)
+    w = lambda c: max(8, int(c * width + 4) // 8 * 8)  # MobileNet channel rounding
     stem = conv_bn(in_chans, w(32), 3, 1, act=nn.ReLU6)
     stages, cin = [], w(32)
     for block in MOBILENETV2_BLOCKS:

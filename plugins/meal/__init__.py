@@ -1,8 +1,8 @@
 """MEAL — Multi-model Ensemble via Adversarial Learning (Shen, He & Xue, AAAI 2019), with MEAL-V2's teacher averaging.
 
 Pretrained teachers from the zoo, of any architecture (a self-ensemble teacher counts by its combined output), are
-distilled into one student through block-wise similarity losses and one adversarial discriminator per tap. Paper:
-``papers/meal-adversarial-ensemble-distillation.md``; guide: ``docs/meal.md``. What lives here:
+distilled into one student through block-wise similarity losses and one adversarial discriminator per tap. Guide:
+``docs/meal.md``. What lives here:
 
 - ``distiller.py``: :class:`MealDistiller` (``distiller.name: meal``): teacher selection, similarity, adversarial modes;
 - ``taps.py``: stage taps through timm ``feature_info`` and forward hooks, and the adaptive-pooling alignment;

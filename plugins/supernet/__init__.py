@@ -1,6 +1,7 @@
 """SuperNet — "supermodeling" (Bukowski & Dzwinel): trained sub-models merged by a retrained last layer.
 
-Paper: ``papers/supernet-thesis.md``; docs: ``docs/supernet.md``. What lives here:
+Thesis: *SuperNet — an efficient method of neural networks ensembling* (2020); guide: ``docs/supernet.md``.
+What lives here:
 
 - ``base.py``: :class:`MergeableEnsemble`, members that end in a linear classifier, with per-member and per-depth
   parameter groups (``member<i>``, ``layer-<d>``) for per-member optimizers and progressive last-layer training;

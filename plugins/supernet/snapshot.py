@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from selfens_core.optim import schedule_minima
+
 
 class Snapshot:
     """Copy the trained (last) member into the next free slot at each snapshot point of a phase.
@@ -72,10 +74,10 @@ class Snapshot:
         if self.every_epochs is not None:
             step = self.every_epochs * state.steps_per_epoch
             return list(range(step, state.phase_steps + 1, step))
-        minima = getattr(phase.schedule, "minima", None)
-        if minima is None:
+        if getattr(phase.schedule, "minima", None) is None:
             if named:
                 raise ValueError(f"snapshot: phase {phase.name!r}'s schedule ({type(phase.schedule).__name__}) has no "
                                  "minima; use cyclic or cosine_restarts there, or every_epochs")
             return []
-        return sorted(minima(state.phase_steps, state.steps_per_epoch))
+        return sorted(schedule_minima(phase.schedule, total_steps=state.phase_steps,
+                                      steps_per_epoch=state.steps_per_epoch, warmup_steps=phase.warmup_steps))
