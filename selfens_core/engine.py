@@ -361,8 +361,10 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
                         notify(s.listeners(phase), "on_phase_end", state)
                     _log_epoch(s, run, out, epoch, losses, so_far.seconds)
                     _save(out, epoch + 1, s, run)
+            # resumed after the last epoch, no phase ran: the last one still says which modules stay frozen
+            held = run.held if start < s.epochs else apply_phase(s.model, s.phases[-1])[1]
             release(s.model)
-            return _finish(out, s, keep=run.held if start < s.epochs else [])
+            return _finish(out, s, keep=held)
 
 
 def _phase_info(s: Setup, phase: Phase, trained: list[str] = (), schedule: Any = None) -> PhaseInfo:

@@ -19,7 +19,7 @@ import torch
 from .hub import sha256_file
 from .pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
 from .rundir import check_output_target, idle_epoch_seconds, read_epoch_log
-from .zoo import MANIFEST_FILE, ZooEntry, resolve
+from .zoo import MANIFEST_FILE, ZooEntry, resolve, verify_local
 
 CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
@@ -149,13 +149,16 @@ def push_entry(ref: str, *, repo_id: str | None = None, token: str | None = None
                api: Any = None) -> ZooEntry:
     """Upload a bundled entry's files to ``repo_id`` (default: its manifest's) and pin the new commit in its manifest.
 
-    The token is the usual one (``HF_TOKEN`` or ``hf auth login``) unless ``token`` is given.
+    Every file is checked against the manifest's sha256 first: a file changed since its export is refused, not
+    published under a hash that every download would then reject. The token is the usual one (``HF_TOKEN`` or
+    ``hf auth login``) unless ``token`` is given.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
     entry = resolve(ref)
     if not entry.bundled:
         raise FileNotFoundError(f"zoo entry {entry.full_name} has no bundled files in {entry.directory} to push")
+    verify_local(entry.directory)
     repo_id = repo_id or entry.repo_id
     api = api or HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

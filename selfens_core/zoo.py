@@ -39,6 +39,8 @@ class ZooManifestError(ValueError):
 
 
 _REQUIRED = {"name": str, "tag": str, "repo_id": str, "files": dict}
+# what load_pretrained reads (pretrained.CONFIG_FILE, WEIGHTS_FILE; not imported: reading manifests needs no torch)
+PINNED_FILES = ("config.json", "model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ def _manifest_problem(data: Any) -> str | None:
             return f"file {filename!r} is not a plain path inside the entry"
         if not (isinstance(pinned, dict) and isinstance(pinned.get("sha256"), str) and len(pinned["sha256"]) == 64):
             return f"file {filename!r} has no sha256 (64 hex digits): {pinned!r}"
+    unpinned = [f for f in PINNED_FILES if f not in data["files"]]
+    if unpinned:
+        return f"it does not pin {' and '.join(unpinned)}: nothing would check what is loaded"
     return None
 
 

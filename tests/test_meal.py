@@ -82,7 +82,7 @@ def test_teachers_are_frozen_in_eval_mode_and_out_of_the_state_dict(facts, teach
         assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in state.items())  # BN stats untouched too
     teacher_ids = {id(p) for t in frozen for p in t.parameters()}
     assert not teacher_ids & {id(p) for p in distiller.parameters()}
-    assert all(k.startswith("discriminators.") for k in distiller.state_dict())
+    assert all(k.startswith(("discriminators.", "discriminator_accuracy")) for k in distiller.state_dict())
     distiller.double()  # .to() / dtype moves reach the teachers although they are not children
     assert all(p.dtype == torch.float64 for t in frozen for p in t.parameters())
 
@@ -186,7 +186,7 @@ def _toy(mode: str, dims=(6, 4)):
     """Discriminators on synthetic tap distributions: the student's are trainable logits, the teacher's fixed."""
     distiller = MealDistiller(["unused"], taps=len(dims), weights=[1.0] * len(dims), adversarial=mode)
     distiller.discriminators = torch.nn.ModuleList(selfens_plugins.meal.discriminator.Discriminator(d) for d in dims)
-    distiller._accuracy = [None] * len(dims)
+    distiller.register_buffer("discriminator_accuracy", torch.full((len(dims),), float("nan")))
     student = [torch.nn.Parameter(torch.randn(1, 32, d)) for d in dims]
     teacher = [torch.log_softmax(3 * torch.randn(32, d), -1) for d in dims]
     return distiller, student, teacher
@@ -344,7 +344,8 @@ def test_engine_run_records_its_teachers_and_resumes_with_the_discriminators(tmp
     with safe_open(run / "checkpoints" / "epoch-0001" / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("distiller.discriminators.") for k in keys)
-    assert all(k.startswith(("model.", "distiller.discriminators.")) for k in keys)  # no teacher weights
+    assert all(k.startswith(("model.", "distiller.discriminator")) for k in keys)  # no teacher weights
+    assert "distiller.discriminator_accuracy" in keys  # the report survives a resume
     recorded = json.loads((run / "metrics.json").read_text())["distiller"]
     assert [t["ref"] for t in recorded["teachers"]] == [teachers["resnet"], teachers["mobilenet"]]
     assert recorded["teachers"][0]["architecture"] == "deep-ensemble-resnet10t"

@@ -60,6 +60,14 @@ def test_eval_output_of_an_image_does_not_depend_on_its_batch(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_building_leaves_batchnorm_statistics_as_initialised(name):
+    """Probe passes at build time (measuring strides, checking the tree) run in evaluation mode."""
+    touched = [n for n, m in build(name).named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats and (m.num_batches_tracked.item() != 0 or m.running_mean.abs().max() > 0)]
+    assert not touched, f"building {name} updated the BatchNorm statistics of {touched[:3]}"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_fewer_members_cost_fewer_flops(name):
     testing.check_prefix_cost(build(name), image_size=28)
 

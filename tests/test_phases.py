@@ -48,15 +48,17 @@ def test_each_epoch_record_names_its_phase(two_phases):
     assert [r.phase for r in records] == ["members", "merge", "merge"]
 
 
-def test_resume_in_the_middle_of_a_later_phase_ends_bit_identical(two_phases, tmp_path, monkeypatch):
+@pytest.mark.parametrize("killed_after", [2, 3])  # in the middle of the merge phase; after its last epoch
+def test_resume_in_or_after_a_later_phase_ends_bit_identical(two_phases, tmp_path, monkeypatch, killed_after):
+    """Resumed after the last epoch, no phase runs, yet precise BN must still leave the frozen members alone."""
     save = engine._save
 
-    def killed_after_epoch_two(out, epoch, *args):
+    def killed(out, epoch, *args):
         save(out, epoch, *args)
-        if epoch == 2:  # in the middle of the merge phase
+        if epoch == killed_after:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "_save", killed_after_epoch_two)
+    monkeypatch.setattr(engine, "_save", killed)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "run", TWO_PHASES, "train.precise_bn=2", "train.keep_checkpoints=3")
     monkeypatch.setattr(engine, "_save", save)

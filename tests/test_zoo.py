@@ -16,10 +16,12 @@ from selfens_core.data import load_dataset
 from selfens_core.evaluation import evaluate
 from selfens_core.hub import IntegrityError, sha256_file
 from selfens_core.plugins import registries
+from selfens_core.pretrained import CONFIG_FILE, WEIGHTS_FILE
 from selfens_core.publish import push_entry
 from selfens_core.registry import Registry, UnknownNameError
 from selfens_core.zoo import (
     MANIFEST_FILE,
+    PINNED_FILES,
     ZooEntry,
     ZooManifestError,
     ZooUnavailableError,
@@ -154,6 +156,16 @@ def test_push_uploads_the_files_and_pins_the_commit(exported):
     assert (pushed.revision, manifest["revision"], manifest["repo_id"]) == ("a" * 40, "a" * 40, "me/tiny")
 
 
+def test_push_refuses_a_file_changed_since_export(exported):
+    api = mock.Mock()
+    with (exported.directory / "README.md").open("a") as card:
+        card.write("edited by hand\n")
+    with pytest.raises(IntegrityError, match="README.md.*does not match the pinned"):
+        push_entry("tiny-hne", repo_id="me/tiny", api=api)
+    api.create_repo.assert_not_called()
+    api.create_commit.assert_not_called()
+
+
 def test_export_never_replaces_an_entry_without_overwrite(exported, tiny_run, zoo_dir, capsys):
     entry = exported.directory
     before = {p.name: p.read_bytes() for p in entry.iterdir()}
@@ -221,6 +233,10 @@ def test_one_broken_manifest_skips_only_its_entry(tmp_path, monkeypatch):
         list_pretrained()
 
 
+def test_a_manifest_must_pin_what_load_pretrained_reads():
+    assert PINNED_FILES == (CONFIG_FILE, WEIGHTS_FILE)
+
+
 @pytest.mark.parametrize(("manifest", "problem"), [
     ([], "it holds a JSON list, not an object"),
     ({"format": "selfens-zoo/0"}, "format is 'selfens-zoo/0', expected 'selfens-zoo/1'"),
@@ -230,6 +246,10 @@ def test_one_broken_manifest_skips_only_its_entry(tmp_path, monkeypatch):
      "file '../x' is not a plain path inside the entry"),
     ({"format": "selfens-zoo/1", "name": "a", "tag": "b", "repo_id": "r", "files": {"x": {"size": 1}}},
      "file 'x' has no sha256 \\(64 hex digits\\)"),
+    ({"format": "selfens-zoo/1", "name": "a", "tag": "b", "repo_id": "r", "files": {}},
+     "it does not pin config.json and model.safetensors: nothing would check what is loaded"),
+    ({"format": "selfens-zoo/1", "name": "a", "tag": "b", "repo_id": "r", "files": {"README.md": {"sha256": "0" * 64}}},
+     "it does not pin config.json and model.safetensors"),
 ])
 def test_a_bad_manifest_is_named_with_its_problem(tmp_path, manifest, problem):
     path = _manifest(tmp_path / "a.b", json.dumps(manifest))

@@ -13,14 +13,21 @@ from .model import HierarchicalEnsemble, build_tree, check_tree_equivalence, tre
 
 @torch.no_grad()
 def default_split_stages(parts: BackboneParts, in_chans: int, splits: int) -> list[int]:
-    """The last ``splits`` stages that halve the resolution (like the paper's blocks), else the last stages."""
-    x = parts.stem(torch.zeros(1, in_chans, 64, 64))
+    """The last ``splits`` stages that halve the resolution (like the paper's blocks), else the last stages.
+    Measured by one forward pass in evaluation mode, so that BatchNorm statistics stay as built."""
+    modules = [parts.stem, *parts.stages]
+    modes = [m.training for m in modules]
     strided = []
-    for i, stage in enumerate(parts.stages):
-        size = x.shape[-1]
-        x = stage(x)
-        if x.shape[-1] < size:
-            strided.append(i)
+    try:
+        x = parts.stem.eval()(torch.zeros(1, in_chans, 64, 64))
+        for i, stage in enumerate(parts.stages):
+            size = x.shape[-1]
+            x = stage.eval()(x)
+            if x.shape[-1] < size:
+                strided.append(i)
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
     candidates = strided if len(strided) >= splits else list(range(len(parts.stages)))
     return candidates[len(candidates) - splits:] if splits else []
 

@@ -2,6 +2,7 @@
 adversarial discriminator per tap."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -93,7 +94,6 @@ class MealDistiller(Distiller):
         self.reductions: list[int] = []
         self.dims: list[int] = []
         self.num_classes = 0
-        self._accuracy: list[torch.Tensor | None] = []
 
     # ------------------------------------------------------------------------------------------------ set-up
 
@@ -118,7 +118,8 @@ class MealDistiller(Distiller):
                 self._hook_teacher(teacher)
         if self.adversarial != "none":
             self.discriminators = nn.ModuleList(Discriminator(d) for d in [*self.dims, cfg["num_classes"]])
-            self._accuracy = [None] * self.taps
+            # a moving average per tap (nan: none yet), in the checkpoint so that a resumed run reports it whole
+            self.register_buffer("discriminator_accuracy", torch.full((self.taps,), float("nan")))
 
     def _student_stages(self, model: nn.Module) -> tuple[list[int], dict[int, tuple[int, int]]]:
         name = model.pretrained_cfg.get("architecture", type(model).__name__)
@@ -290,8 +291,8 @@ class MealDistiller(Distiller):
     @torch.no_grad()
     def _track_accuracy(self, j: int, s_logits: torch.Tensor, t_logits: torch.Tensor) -> None:
         acc = 0.5 * ((s_logits.argmax(-1) == STUDENT).float().mean() + (t_logits.argmax(-1) == TEACHER).float().mean())
-        old = self._accuracy[j]
-        self._accuracy[j] = acc if old is None else 0.98 * old + 0.02 * acc
+        old = self.discriminator_accuracy[j]
+        self.discriminator_accuracy[j] = torch.where(old.isnan(), acc, 0.98 * old + 0.02 * acc)
 
     def describe(self) -> dict[str, Any]:
         if not self._teachers:
@@ -304,8 +305,9 @@ class MealDistiller(Distiller):
         }
         if self.adversarial != "none":
             record.update(adversarial_weight=self.adversarial_weight, discriminator_lr=self.lr,
-                          discriminator_accuracy={name: (None if a is None else round(float(a), 4))
-                                                  for name, a in zip(self.tap_names, self._accuracy)})
+                          discriminator_accuracy={name: (None if math.isnan(a) else round(a, 4))
+                                                  for name, a in zip(self.tap_names,
+                                                                     self.discriminator_accuracy.tolist())})
         return record
 
 
