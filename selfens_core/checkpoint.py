@@ -377,9 +377,15 @@ def _check_weights(file: Path, model: nn.Module, strict: bool) -> None:
     problems = [("shape mismatches", mismatched)]
     if strict:
         problems += [("missing keys", missing), ("unexpected keys", unexpected)]
-    report = [f"  {title}: " + ", ".join(sorted(names)) for title, names in problems if names]
+    report = [f"  {title}: " + _first(sorted(names)) for title, names in problems if names]
     if report:
         raise CheckpointError(f"weights in {file} do not fit {type(model).__name__}:\n" + "\n".join(report))
+
+
+def _first(names: list[str], shown: int = 8) -> str:
+    """The first ``shown`` names, and how many more: a model that does not fit can differ in every key."""
+    more = f", ... and {len(names) - shown} more ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _tied_groups(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:

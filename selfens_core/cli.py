@@ -85,6 +85,8 @@ def _eval(args: argparse.Namespace) -> None:
     elif Path(args.model).is_dir():
         verify_local(Path(args.model))  # against its manifest.json, when it has one
         model = load_pretrained(args.model)
+    else:
+        _check_untrained_name(args.model)  # before any data is read
     dataset = _eval_dataset(args.data, model)
     info, splits = load_dataset(dataset, root=args.data_root, subset=args.subset)
     if model is None:
@@ -101,6 +103,27 @@ def _eval(args: argparse.Namespace) -> None:
     plot_budget(metrics, str(out / EVAL_PLOT), title=f"{cfg.get('architecture', args.model)} on {dataset}")
     print(format_budget_table(metrics))
     print(f"wrote {out / EVAL_METRICS} and {out / EVAL_PLOT}")
+
+
+def _check_untrained_name(ref: str) -> None:
+    """Refuse a ``selfens eval`` reference that is neither a zoo entry, a folder nor a registered model name,
+    saying which of the three it looked like and what is close to it."""
+    import difflib
+
+    from .plugins import registries
+    from .registry import UnknownNameError
+    from .zoo import list_pretrained
+
+    if Path(ref).exists():
+        raise SystemExit(f"error: {ref} is not a folder: give a run directory, a model folder or a model name")
+    if "/" in ref or ref.startswith("."):
+        raise SystemExit(f"error: {ref} does not exist: give a run directory, a model folder or a model name")
+    try:
+        registries().models.resolve(ref)
+    except UnknownNameError as error:
+        close = difflib.get_close_matches(ref, list_pretrained(), n=3, cutoff=0.8)
+        pretrained = f"Zoo entries close to it: {', '.join(close)}. " if close else ""
+        raise SystemExit(f"error: {ref!r} is no zoo entry, folder or model name. {pretrained}{error}") from None
 
 
 def _eval_dataset(requested: str | None, model: SelfEnsemble | None) -> str:
@@ -212,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)  # overrides may follow the options
+    if getattr(args, "out", None) == "":
+        parser.error("--out is empty: name a folder (is the variable you passed set?)")
     args.argv = _without_nproc(argv)
     if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra

@@ -204,6 +204,11 @@ _LIST_SECTIONS = {PhaseConfig: "phases", PhaseOptimizerConfig: "phases[i].optimi
 
 def _merge(schema: DictConfig, cfg: DictConfig, layer: Any, origin: str = "") -> DictConfig:
     """``cfg`` merged with ``layer``; an error names the key, after ``origin`` (e.g. the file) when given."""
+    for section, value in (layer.items() if OmegaConf.is_dict(layer) or isinstance(layer, dict) else ()):
+        if OmegaConf.is_dict(schema.get(section)) and value is not None \
+                and not (OmegaConf.is_dict(value) or isinstance(value, dict)):
+            raise ConfigError(f"{origin}config key {section!r} is a section, a mapping of its keys "
+                              f"({', '.join(schema[section])}), not {value!r}") from None
     try:
         return OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as error:

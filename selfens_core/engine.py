@@ -272,11 +272,15 @@ def build(cfg: DictConfig, world: World | None = None) -> Setup:
     info, splits = load_dataset(cfg.data.name, root=cfg.data.root, subset=cfg.data.subset,
                                 val_split=cfg.data.val_split, seed=cfg.train.seed, stream=cfg.data.stream,
                                 workers=cfg.data.workers)
+    model_args = OmegaConf.to_container(cfg.model.args)
     try:
         model = build_model(cfg.model.name, num_classes=info.num_classes, in_chans=info.in_chans, combiner=combiner,
-                       **OmegaConf.to_container(cfg.model.args))
+                            **model_args)
     except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(f"model (name {cfg.model.name!r}): {error}") from None
+        raise ConfigError(f"model (name {cfg.model.name!r}, model.args {model_args}): {error}") from None
+    except (AttributeError, IndexError, RuntimeError) as error:  # raised deep in a builder: name what was asked
+        raise ConfigError(f"model (name {cfg.model.name!r}) cannot be built from model.args {model_args}: "
+                          f"{type(error).__name__}: {error}") from error
     model.pretrained_cfg.update(
         **_components_record(cfg), input_size=info.input_size, mean=info.mean, std=info.std,
         class_names=list(info.class_names), dataset=info.name,

@@ -154,10 +154,14 @@ class SelfEnsemble(nn.Module, ABC):
         if x.ndim != 4:
             raise ValueError(f"expected a batch of images shaped (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != in_chans:
-            raise ValueError(
-                f"expected {in_chans} input channel(s), got {x.shape[1]} (input shape {tuple(x.shape)}); "
-                f"create the model with in_chans={x.shape[1]} or convert the images"
-            )
+            if x.shape[-1] == in_chans:
+                hint = "the channels come last: pass x.permute(0, 3, 1, 2)"
+            elif self.pretrained_cfg.get("architecture") and "origin" in self.pretrained_cfg:
+                hint = f"convert the images to {in_chans} channel(s)"
+            else:
+                hint = f"create the model with in_chans={x.shape[1]} or convert the images"
+            raise ValueError(f"expected {in_chans} input channel(s), got {x.shape[1]} (input shape "
+                             f"{tuple(x.shape)}); {hint}")
         if min(x.shape[-2:]) < min_size:
             raise ValueError(
                 f"input {x.shape[-2]}x{x.shape[-1]} is smaller than this model's minimum {min_size}x{min_size}; "

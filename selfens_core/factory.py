@@ -149,6 +149,8 @@ def create_backbone(name: str, *, num_classes: int, in_chans: int, small_images:
     """``timm.create_model`` for selfens: with ``small_images``, adapted by its family's backbone adapter to
     28×28 / 32×32 inputs (the first two 2× downsamplings removed: total stride 8). Every method builds its timm
     networks through here, so the option means the same thing for all of them."""
+    if not isinstance(small_images, bool):
+        raise TypeError(f"small_images must be true or false, got {small_images!r}")
     model = create_timm(name, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
     if small_images:
         adapter = _adapter_for(model, name)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import load_weights, save_weights
+from .checkpoint import CheckpointError, load_weights, save_weights
 from .ensemble import SelfEnsemble
 from .factory import build_component, build_model
+from .registry import UnknownNameError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -25,17 +26,27 @@ def load_pretrained(directory: str | Path) -> SelfEnsemble:
     directory = Path(directory)
     config_file = directory / CONFIG_FILE
     if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} is not a trained model directory: {CONFIG_FILE} is missing")
+        why = ("does not exist" if not directory.exists() else
+               "is a file: give the folder that holds it" if directory.is_file() else
+               f"is not a trained model directory: {CONFIG_FILE} is missing")
+        raise FileNotFoundError(f"{directory} {why}")
     cfg = _read_config(config_file)
-    combiner = cfg.get("combiner")
-    if combiner is not None:  # with the options it was trained with (e.g. a merge layer's options)
-        combiner = build_component("combiners", combiner, cfg.get("combiner_args"))
     try:
+        combiner = cfg.get("combiner")
+        if combiner is not None:  # with the options it was trained with (e.g. a merge layer's options)
+            combiner = build_component("combiners", combiner, cfg.get("combiner_args"))
         model = build_model(cfg["architecture"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
                             combiner=combiner, **cfg.get("build_args", {}))
+    except UnknownNameError as error:  # a plugin not installed, or an edited config.json
+        raise UnknownNameError(f"{config_file}: {error}") from None
     except (TypeError, ValueError) as error:  # e.g. a build argument the installed plugin no longer takes
         raise ValueError(f"{config_file}: cannot build {cfg['architecture']!r} from it: {error}") from error
-    load_weights(directory / WEIGHTS_FILE, model, strict=True)
+    try:
+        load_weights(directory / WEIGHTS_FILE, model, strict=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}\n{config_file} builds {cfg['architecture']!r} with build_args "
+                              f"{cfg.get('build_args', {})}: the weights were saved from another model, or "
+                              f"{CONFIG_FILE} was changed") from None
     model.pretrained_cfg.update(cfg)
     return model.eval()
 

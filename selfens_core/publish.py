@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 METRICS_FILE = "metrics.json"
 EXPORTED_FILES = (*HUB_FILES, METRICS_FILE, MANIFEST_FILE)
+ENTRY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # NAME or TAG of a zoo entry: a folder name, a Hub repo name
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -40,8 +42,12 @@ def export_run(run_dir: str | Path, *, name: str, tag: str, zoo_dir: str | Path,
     from .data import load_dataset
     from .evaluation import evaluate
 
-    if "." in name or not tag or "." in tag:
-        raise ValueError(f"a zoo entry is NAME.TAG with no dot in either part, got {name!r} and {tag!r}")
+    if not tag:
+        raise ValueError(f"a zoo entry is NAME.TAG and {name!r} has no tag: write NAME.TAG or pass --tag")
+    for part, value in (("NAME", name), ("TAG", tag)):
+        if not ENTRY_PART.fullmatch(value):
+            raise ValueError(f"a zoo entry is NAME.TAG, each of letters, digits, '-' and '_' (not a path, no dot "
+                             f"inside): {part} is {value!r}")
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     run_dir, out = Path(run_dir), Path(zoo_dir) / f"{name}.{tag}"

@@ -64,11 +64,27 @@ class RunDirectoryOccupied(FileExistsError):
     """The directory holds a run, a model or other files that training would mix with or replace."""
 
 
+class OutputNotWritable(ValueError):
+    """The output folder cannot be made or written: a file is in the way, or a parent folder is not writable."""
+
+
 class ConfigChanged(ConfigError):
     """A resume with a config that changes the result of the run."""
 
 
 # ----------------------------------------------------------------------------------------------------------- locking
+
+def check_writable(out: Path) -> None:
+    """Refuse (:class:`OutputNotWritable`), before any work, an output folder that cannot be made or written: a
+    file at ``out`` or above it, or a nearest existing folder this user may not write into."""
+    existing = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"cannot be made: {existing} is a file"
+        raise OutputNotWritable(f"{out} {where}, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"{out} cannot be written: this user may not write into {existing}; choose another "
+                                "--out")
+
 
 
 @contextmanager
@@ -78,12 +94,15 @@ def locked(out: Path) -> Iterator[None]:
     Raises :class:`RunDirectoryBusy` naming the owner when a live process holds it. A directory this call created
     and that stays empty (training was refused) is removed again on exit.
     """
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryOccupied(f"{out} is a file, not a run directory; choose another --out")
+    check_writable(out)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK_FILE
-    _acquire(lock)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _acquire(lock)
+    except PermissionError as error:  # e.g. a folder that even root may not write into (/sys, /proc)
+        raise OutputNotWritable(f"{out} cannot be written ({error.strerror}: {error.filename}); choose another "
+                                "--out") from error
     try:
         yield
     finally:
@@ -213,7 +232,9 @@ def check_output_target(out: Path, writes: Sequence[str], *, command: str, overw
     ``own_output`` are the files an earlier ``command`` leaves: replacing them alone is what running it again means,
     so they are refused only next to a run (whose ``metrics.json`` is the run's own test metrics). With
     ``overwrite`` the replaced files are named. ``elsewhere`` says where else to write (``"choose another --out"``).
+    A folder that cannot be made or written is refused too (:func:`check_writable`).
     """
+    check_writable(out)
     ours, _ = _contents(out)
     replaced = [name for name in writes if (out / name).is_file()]
     held = sorted({*ours, *replaced} - set(own_output))

@@ -99,6 +99,27 @@ def test_eval_refuses_a_dataset_of_another_shape(cli_run, tmp_path):
         main(["eval", str(run), "--data", "fake:3:32:32:10", "--out", str(tmp_path / "e")])
 
 
+def test_eval_refuses_what_it_cannot_read_or_write_before_loading_any_data(tmp_path, capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr("selfens_core.data.load_dataset", no_data)
+    out = str(tmp_path / "e")
+    with pytest.raises(SystemExit, match=r"'hne-resnet-small.fmnst' is no zoo entry, folder or model name. Zoo "
+                                         r"entries close to it: hne-resnet-small.fmnist. Unknown model"):
+        main(["eval", "hne-resnet-small.fmnst", "--out", out])
+    with pytest.raises(SystemExit, match=f"error: {re.escape(str(tmp_path))}/nope does not exist"):
+        main(["eval", str(tmp_path / "nope"), "--out", out])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match="a-file is a file, not a folder; choose another --out"):
+        main(["eval", "hne-resnet-small", "--out", str(tmp_path / "a-file")])
+    with pytest.raises(SystemExit, match="a-file/e cannot be made: .*a-file is a file"):
+        main(["eval", "hne-resnet-small", "--out", str(tmp_path / "a-file" / "e")])
+    with pytest.raises(SystemExit):
+        main(["train", CONFIG, "--out", ""])
+    assert "--out is empty: name a folder" in capsys.readouterr().err
+
+
 def test_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="error: unknown config key 'train.epoch'"):
         main(["train", "configs/hne-resnet-small-fmnist.yaml", "--out", str(tmp_path), "train.epoch=1"])

@@ -34,6 +34,7 @@ def test_required_configs_exist():
     ("train.precision=fp8", r"'train.precision' is 'fp8'; allowed: fp32, bf16, fp16"),
     ("train.lr=-1", r"'train.lr' is out of range"),
     ("data.val_split=1.5", r"'data.val_split' is out of range"),
+    ("train=3", r"config key 'train' is a section, a mapping of its keys \(epochs, batch_size, .*\), not 3"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -43,8 +44,10 @@ def test_bad_config_names_the_key(override, message):
 @pytest.mark.parametrize("override, message", [
     ("distiller.args.alph=0.3", r"distiller \(name 'hne'\): .*unknown argument\(s\) alph; allowed: objective, alpha"),
     ("distiller.name=nope", r"distiller \(name 'nope'\): Unknown distiller 'nope'.*Known: .*hne, independent"),
-    ("model.args.members=3", r"model \(name 'hne-resnet-small'\): .*unknown argument\(s\) members"),
+    ("model.args.members=3", r"model \(name 'hne-resnet-small', model.args \{'members': 3\}\): .*unknown "
+                             r"argument\(s\) members"),
     ("combiner.name=mean", r"Unknown combiner 'mean'.*Known: mean_logits, mean_probs"),
+    ("model.args.num_members=-4", r"model \(name 'hne-resnet-small'.*\{'num_members': -4\}"),
 ])
 def test_bad_component_names_the_section(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -68,6 +71,8 @@ def test_missing_config_file():
     ("train:\n  epochs: 3\ntrain:\n  lr: 1\n", r", line 3 column 1: not valid YAML: found duplicate key train"),
     ("train:\n  epoch: 3\n", r"bad\.yaml: unknown config key 'train.epoch'; allowed here: epochs"),
     ("train:\n  epochs: many\n", r"bad\.yaml: bad value for config key 'train.epochs'"),
+    ("model: hne-resnet-small\n", r"bad\.yaml: config key 'model' is a section, a mapping of its keys \(name, args\), "
+                                  r"not 'hne-resnet-small'"),
 ])
 def test_bad_yaml_names_the_file_and_what_is_expected(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -10,12 +10,14 @@ from torch import nn
 
 import selfens_core
 from selfens_core import SelfEnsemble, engine
+from selfens_core.checkpoint import CheckpointError
 from selfens_core.cli import main
 from selfens_core.data import DatasetInfo, Split
 from selfens_core.ensemble import NonFiniteInputError, NonFiniteInputWarning
 from selfens_core.evaluation import evaluate
 from selfens_core.factory import build_component
 from selfens_core.pretrained import load_pretrained, save_pretrained
+from selfens_core.registry import UnknownNameError
 
 
 class Tiny(SelfEnsemble):
@@ -256,3 +258,21 @@ def test_a_config_json_the_builder_refuses_names_the_file(saved):
     config.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"cannot build 'hne-resnet-small' from it: num_classes must be an int >= 1"):
         load_pretrained(saved)
+    cfg["num_classes"], cfg["architecture"] = 3, "hne-resnet-smal"
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(UnknownNameError, match=rf"^{config}: Unknown model 'hne-resnet-smal'. Did you mean"):
+        load_pretrained(saved)
+
+
+def test_weights_of_another_model_name_the_config_that_does_not_fit(saved):
+    save_pretrained(selfens_core.create("hne-resnet-small", num_classes=3, in_chans=1, num_members=4),
+                    saved.parent / "other")
+    (saved / "model.safetensors").write_bytes((saved.parent / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"(?s)shape mismatches: .*, \.\.\. and \d+ more \(\d+ in all\).*"
+                                              r"config.json builds 'hne-resnet-small' with build_args "
+                                              r"\{'num_members': 2\}: the weights were saved from another model"):
+        load_pretrained(saved)
+    with pytest.raises(FileNotFoundError, match="absent does not exist"):
+        load_pretrained(saved.parent / "absent")
+    with pytest.raises(FileNotFoundError, match="config.json is a file: give the folder that holds it"):
+        load_pretrained(saved / "config.json")

@@ -137,8 +137,10 @@ def test_members_not_a_power_of_two_is_rounded_up_with_a_warning():
 
 def test_input_errors_say_what_is_expected():
     model = build("hne-resnet-small")
-    with pytest.raises(ValueError, match="expected 1 input channel"):
+    with pytest.raises(ValueError, match="expected 1 input channel.*create the model with in_chans=3"):
         model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"the channels come last: pass x.permute\(0, 3, 1, 2\)"):
+        model(torch.randn(2, 28, 28, 1))
     with pytest.raises(ValueError, match="smaller than this model's minimum 8x8"):
         model(torch.randn(2, 1, 4, 4))
     with pytest.raises(ValueError, match="expected a batch of images"):

@@ -17,7 +17,7 @@ from selfens_core.evaluation import evaluate
 from selfens_core.hub import IntegrityError, sha256_file
 from selfens_core.plugins import registries
 from selfens_core.pretrained import CONFIG_FILE, WEIGHTS_FILE
-from selfens_core.publish import push_entry
+from selfens_core.publish import export_run, push_entry
 from selfens_core.registry import Registry, UnknownNameError
 from selfens_core.zoo import (
     MANIFEST_FILE,
@@ -154,6 +154,16 @@ def test_push_uploads_the_files_and_pins_the_commit(exported):
     assert sorted(op.path_in_repo for op in operations) == ["README.md", "config.json", "model.safetensors"]
     manifest = json.loads((exported.directory / MANIFEST_FILE).read_text())
     assert (pushed.revision, manifest["revision"], manifest["repo_id"]) == ("a" * 40, "a" * 40, "me/tiny")
+
+
+@pytest.mark.parametrize(("name", "tag", "problem"), [
+    ("/tmp/elsewhere/b", "x", "NAME is '/tmp/elsewhere/b'"), ("a/b", "x", "NAME is 'a/b'"),
+    ("", "./x", "NAME is ''"), ("a", "x.y", "TAG is 'x.y'"), ("noTag", "", "'noTag' has no tag: write NAME.TAG"),
+])
+def test_export_refuses_a_name_that_is_not_a_folder_name_before_writing(tiny_run, zoo_dir, name, tag, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        export_run(tiny_run, name=name, tag=tag, zoo_dir=zoo_dir, progress=False)
+    assert not zoo_dir.exists()
 
 
 def test_push_refuses_a_file_changed_since_export(exported):
