@@ -28,6 +28,8 @@ def create(name: str, *, num_classes: int | None = None, in_chans: int | None = 
     model is exactly the published one: ``num_classes``/``in_chans`` may be given only to check them, and builder
     arguments are refused rather than silently re-initialising a head.
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"create() takes a model name (list_models() lists them), got {name!r}")
     if pretrained:
         return _create_pretrained(name, num_classes, in_chans, combiner, overrides)
     if num_classes is None:

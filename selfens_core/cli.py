@@ -18,7 +18,12 @@ DEFAULT_EVAL_DATA = "fashion-mnist"  # for a model that names no dataset (an unt
 EVAL_METRICS, EVAL_PLOT = "metrics.json", "budget.png"  # what `selfens eval` writes into --out
 
 
+_ABSENT = object()
+
+
 def _train(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
     from .config import load_config
     from .distributed import launched_world
     from .engine import train
@@ -32,6 +37,10 @@ def _train(args: argparse.Namespace) -> None:
     if args.nproc > 1 and "WORLD_SIZE" in os.environ:
         raise SystemExit("error: --nproc launches torchrun, and this process already runs under it; leave --nproc out")
     cfg = load_config(args.config, args.overrides)
+    for key in args.allow_change:  # a typo would allow nothing, and the resume would be refused for the real key
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            warnings.warn(f"--allow-change {key}: this config has no such key, so it allows no change (misspelt?)",
+                          stacklevel=1)
     if args.nproc > 1:
         sys.exit(_launch(args.nproc, args.argv))
     metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_change,

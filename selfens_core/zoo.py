@@ -28,6 +28,7 @@ from .registry import UnknownNameError, unknown_message
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "selfens-zoo/1"
+REFERENCE_FORMS = "NAME[.TAG] (a zoo entry), hf-hub:ORG/REPO[@REVISION] or local-dir:PATH"
 
 
 class ZooUnavailableError(RuntimeError):
@@ -177,6 +178,8 @@ def resolve(ref: str) -> ZooEntry:
     message = unknown_message("zoo entry", ref, names, unavailable=unavailable)
     if Path(ref).is_dir():
         message += f" A folder {ref} exists: load it with local-dir:{ref}."
+    elif ":" in ref:
+        message += f" A reference is {REFERENCE_FORMS}."
     raise UnknownNameError(message)
 
 
@@ -244,6 +247,8 @@ def load(ref: str, *, revision: str | None = None):
     """
     from .pretrained import load_pretrained
 
+    if not isinstance(ref, str) or not ref.strip():
+        raise TypeError(f"load() takes a reference: {REFERENCE_FORMS}; got {ref!r}")
     if ref.startswith("local-dir:"):
         directory, origin = Path(ref.removeprefix("local-dir:")), {"local_dir": ref.removeprefix("local-dir:")}
         verify_local(directory)

@@ -137,8 +137,9 @@ def test_train_never_replaces_a_model_without_overwrite(tmp_path):
 
 def test_resume_with_a_changed_config_needs_allow_change_and_is_recorded(cli_run, tmp_path):
     run = shutil.copytree(cli_run[0], tmp_path / "run")
-    with pytest.raises(SystemExit, match=r"error: cannot resume .*\n  train.lr: 0.1 → 0.2\n"):
-        main(["train", CONFIG, "--out", str(run), "--resume", *TINY, "train.lr=0.2"])
+    with (pytest.raises(SystemExit, match=r"error: cannot resume .*\n  train.lr: 0.1 → 0.2\n"),
+          pytest.warns(UserWarning, match="--allow-change train.lrr: this config has no such key")):
+        main(["train", CONFIG, "--out", str(run), "--resume", "--allow-change", "train.lrr", *TINY, "train.lr=0.2"])
     with pytest.raises(SystemExit, match="train.lr changed, even with --allow-change: checkpoint epoch-0001 restores "
                                          "the optimizer's own settings"):  # recorded but not applied: refused
         main(["train", CONFIG, "--out", str(run), "--resume", "--allow-change", "train.lr", *TINY, "train.lr=0.2"])

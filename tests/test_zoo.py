@@ -85,6 +85,12 @@ def test_listing_and_unknown_names(exported):
     assert resolve("tiny-hne") == resolve("tiny-hne.digits")
     with pytest.raises(UnknownNameError, match="Unknown zoo entry 'tiny-hn'. Did you mean 'tiny-hne'"):
         selfens_core.load("tiny-hn")
+    with pytest.raises(UnknownNameError, match=r"Unknown zoo entry 'hf:me/x'.* A reference is NAME\[.TAG\] \(a zoo "
+                                               r"entry\), hf-hub:ORG/REPO\[@REVISION\] or local-dir:PATH"):
+        selfens_core.load("hf:me/x")
+    for bad in ("", " ", None):
+        with pytest.raises(TypeError, match="load\\(\\) takes a reference: NAME"):
+            selfens_core.load(bad)
 
 
 def test_several_tags_need_a_default(exported, zoo_dir):
