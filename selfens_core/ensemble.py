@@ -156,7 +156,7 @@ class SelfEnsemble(nn.Module, ABC):
         if x.shape[1] != in_chans:
             if x.shape[-1] == in_chans:
                 hint = "the channels come last: pass x.permute(0, 3, 1, 2)"
-            elif self.pretrained_cfg.get("architecture") and "origin" in self.pretrained_cfg:
+            elif "origin" in self.pretrained_cfg:  # loaded pretrained: its stem is fixed
                 hint = f"convert the images to {in_chans} channel(s)"
             else:
                 hint = f"create the model with in_chans={x.shape[1]} or convert the images"
