@@ -74,16 +74,16 @@ class ConfigChanged(ConfigError):
 
 # ----------------------------------------------------------------------------------------------------------- locking
 
-def check_writable(out: Path) -> None:
+def check_writable(out: Path, elsewhere: str = "choose another --out") -> None:
     """Refuse (:class:`OutputNotWritable`), before any work, an output folder that cannot be made or written: a
-    file at ``out`` or above it, or a nearest existing folder this user may not write into."""
+    file at ``out`` or above it, or a nearest existing folder this user may not write into. ``elsewhere`` says where
+    else to write."""
     existing = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
     if not existing.is_dir():
         where = "is a file" if existing == out else f"cannot be made: {existing} is a file"
-        raise OutputNotWritable(f"{out} {where}, not a folder; choose another --out")
+        raise OutputNotWritable(f"{out} {where}, not a folder; {elsewhere}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputNotWritable(f"{out} cannot be written: this user may not write into {existing}; choose another "
-                                "--out")
+        raise OutputNotWritable(f"{out} cannot be written: this user may not write into {existing}; {elsewhere}")
 
 
 
@@ -234,7 +234,7 @@ def check_output_target(out: Path, writes: Sequence[str], *, command: str, overw
     ``overwrite`` the replaced files are named. ``elsewhere`` says where else to write (``"choose another --out"``).
     A folder that cannot be made or written is refused too (:func:`check_writable`).
     """
-    check_writable(out)
+    check_writable(out, elsewhere)
     ours, _ = _contents(out)
     replaced = [name for name in writes if (out / name).is_file()]
     held = sorted({*ours, *replaced} - set(own_output))
