@@ -41,7 +41,8 @@ class DataConfig:
     # loading and recorded in metrics.json (num_samples, num_samples_of); null: all of both
     subset: Optional[int] = None
     val_split: float = 0.0  # hold out this fraction of train for per-epoch validation (else the test split)
-    augment: bool = True
+    augment: bool = True  # the dataset's standard crop and flip (data.AUGMENTATIONS)
+    random_erasing: float = 0.0  # with augment: the probability that a training image has a random rectangle erased
     eval_batch_size: int = 500
     stream: bool = False  # imagefolder:PATH only: decode the images per batch instead of holding them in memory
     workers: int = 0  # DataLoader processes that assemble batches (decode, crop, flip); 0: the training process
@@ -272,6 +273,7 @@ def _check_ranges(cfg: DictConfig) -> None:
                                          ">= 0 (optimizer steps; 0 checkpoints at epoch ends only)"),
         "train.precise_bn": (t.precise_bn >= 0, ">= 0 (training batches; 0 turns precise BatchNorm off)"),
         "data.val_split": (0.0 <= d.val_split < 1.0, "in [0, 1)"),
+        "data.random_erasing": (0.0 <= d.random_erasing <= 1.0, "a probability in [0, 1] (0 turns it off)"),
         "data.subset": (d.subset is None or d.subset >= 1, "null (all images) or >= 1"),
         "data.eval_batch_size": (d.eval_batch_size >= 1, ">= 1"),
         "data.workers": (d.workers >= 0, ">= 0 (DataLoader processes; 0 assembles batches in the training process)"),
@@ -280,6 +282,9 @@ def _check_ranges(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"config key {key!r} is out of range: {OmegaConf.select(cfg, key)!r}; expected "
                               f"{expected}")
+    if d.random_erasing and not d.augment:
+        raise ConfigError(f"config key 'data.random_erasing' is {d.random_erasing} but data.augment is false, which "
+                          "turns all training augmentation off; set data.augment=true, or data.random_erasing=0")
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

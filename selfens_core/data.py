@@ -16,6 +16,7 @@ Known dataset names (see :func:`load_dataset`): ``fashion-mnist`` (the project d
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -131,10 +132,17 @@ AnySplit = Split | FileSplit
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Standard train augmentation: random crop after zero padding, optional h-flip."""
+    """Train augmentation: random crop after zero padding, optional h-flip, and random erasing: with probability
+    ``erase_prob`` an image has one rectangle of 2-40% of its area (aspect ratio 0.3-3.3, log-uniform) replaced by
+    uniform noise (Zhong et al., *Random Erasing Data Augmentation*, AAAI 2020; its defaults)."""
 
     crop_pad: int = 0
     hflip: bool = False
+    erase_prob: float = 0.0
+
+
+ERASE_AREA = (0.02, 0.4)  # fraction of the image a random erasing rectangle covers
+ERASE_ASPECT = (0.3, 1 / 0.3)  # its height / width
 
 
 # The per-dataset train augmentation, keyed by dataset family (the name before any ':').
@@ -187,14 +195,14 @@ def load_dataset(name: str, *, root: str | None = None, subset: int | None = Non
 
 
 def iterate_batches(split: AnySplit, info: DatasetInfo, *, batch_size: int, train: bool,
-                    augment: bool, seed: int, epoch: int, drop_last: bool = False,
+                    augment: bool, seed: int, epoch: int, drop_last: bool = False, erase_prob: float = 0.0,
                     workers: int = 0, shard: tuple[int, int] = (0, 1),
                     pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches: x float32 (B, C, H, W) normalised with ``info``, y int64.
 
     ``train=True`` shuffles, and (if ``augment``) applies the dataset's standard
-    augmentation from :data:`AUGMENTATIONS`, both drawn from one generator seeded from
-    ``(seed, epoch)``, so the batches are a pure function of ``(seed, epoch)``.
+    augmentation from :data:`AUGMENTATIONS`, with random erasing at ``erase_prob`` (see :class:`Augmentation`), all
+    drawn from one generator seeded from ``(seed, epoch)``, so the batches are a pure function of ``(seed, epoch)``.
     ``train=False`` goes in order and never augments (``augment`` is ignored).
     ``workers`` > 0 assembles the batches (decoding a :class:`FileSplit`'s files, cropping,
     flipping) in that many ``DataLoader`` processes; the batches are the same.
@@ -208,8 +216,11 @@ def iterate_batches(split: AnySplit, info: DatasetInfo, *, batch_size: int, trai
     std = torch.tensor(info.std, dtype=torch.float32).view(-1, 1, 1)
     gen = _generator(seed, _EPOCH_STREAM, epoch) if train else None
     order = torch.randperm(len(split), generator=gen) if train else torch.arange(len(split))
-    aug = augmentation_for(info) if train and augment else None
-    plan = _batch_plan(order, num_batches(split, batch_size, drop_last), batch_size, aug, gen, shard)
+    if not 0.0 <= erase_prob <= 1.0:
+        raise ValueError(f"erase_prob must be in [0, 1], got {erase_prob}")
+    aug = dataclasses.replace(augmentation_for(info), erase_prob=erase_prob) if train and augment else None
+    plan = _batch_plan(order, num_batches(split, batch_size, drop_last), batch_size, aug, gen, shard,
+                       info.input_size)
     for images, labels in _assembled(split, plan, aug, workers):
         images = images.float().div_(255.0).sub_(mean).div_(std)
         yield (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
@@ -283,33 +294,62 @@ def _generator(seed: int, *stream: int) -> torch.Generator:
 
 
 class _Draws(NamedTuple):
-    """The random numbers of one batch's augmentation."""
+    """The random numbers of one batch's augmentation, each with the batch as its first dimension."""
 
-    offsets: torch.Tensor | None  # (2, N, 1): each image's crop offsets dy, dx
+    offsets: torch.Tensor | None  # (N, 2, 1): each image's crop offsets dy, dx
     flips: torch.Tensor | None  # (N,) bool: which images are flipped
+    erase_boxes: torch.Tensor | None  # (N, 4): each image's erased rectangle top, left, height, width (0: none)
+    erase_noise: torch.Tensor | None  # (N, C, H, W) uint8: what the rectangle is filled with
+
+    def part(self, rows: slice) -> _Draws:
+        """The draws of the images ``rows`` of the batch."""
+        return _Draws(*(None if t is None else t[rows] for t in self))
 
 
-def _draw(aug: Augmentation, n: int, gen: torch.Generator) -> _Draws:
-    """Draw one batch's augmentation of ``n`` images from ``gen``: crop offsets, then flips (a fixed order)."""
-    offsets = torch.randint(0, 2 * aug.crop_pad + 1, (2, n, 1), generator=gen) if aug.crop_pad else None
+def _draw(aug: Augmentation, n: int, gen: torch.Generator, shape: tuple[int, int, int]) -> _Draws:
+    """Draw one batch's augmentation of ``n`` images of ``shape`` (C, H, W) from ``gen``: crop offsets, flips, then
+    erasing (a fixed order; an augmentation that is off draws nothing)."""
+    offsets = torch.randint(0, 2 * aug.crop_pad + 1, (2, n, 1), generator=gen).transpose(0, 1) if aug.crop_pad else None
     flips = torch.rand(n, generator=gen) < 0.5 if aug.hflip else None
-    return _Draws(offsets, flips)
+    boxes = noise = None
+    if aug.erase_prob:
+        _, h, w = shape
+        area = torch.empty(n).uniform_(*ERASE_AREA, generator=gen) * h * w
+        aspect = torch.empty(n).uniform_(math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]), generator=gen).exp()
+        height = (area * aspect).sqrt().round().clamp(1, h)
+        width = (area / aspect).sqrt().round().clamp(1, w)
+        top = (torch.rand(n, generator=gen) * (h - height + 1)).floor()
+        left = (torch.rand(n, generator=gen) * (w - width + 1)).floor()
+        erased = torch.rand(n, generator=gen) < aug.erase_prob
+        boxes = (torch.stack([top, left, height, width], 1) * erased.unsqueeze(1)).long()
+        noise = torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8)
+    return _Draws(offsets, flips, boxes, noise)
 
 
 def _augment(images: torch.Tensor, aug: Augmentation, draws: _Draws) -> torch.Tensor:
-    """Crop (after zero padding) and flip a uint8 batch as ``draws`` say, vectorised over the batch."""
+    """Crop (after zero padding), flip and erase a uint8 batch as ``draws`` say, vectorised over the batch."""
     if draws.offsets is not None:
         images = _crop(images, aug.crop_pad, draws.offsets)
     if draws.flips is not None:
         images = torch.where(draws.flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    if draws.erase_boxes is not None:
+        images = torch.where(_box_masks(draws.erase_boxes, *images.shape[-2:]), draws.erase_noise, images)
     return images
+
+
+def _box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, 1, H, W) bool: True inside each image's rectangle ``boxes`` (N, 4) = top, left, height, width."""
+    top, left, height, width = (c.view(-1, 1, 1, 1) for c in boxes.unbind(1))
+    rows = torch.arange(h).view(1, 1, -1, 1)
+    cols = torch.arange(w).view(1, 1, 1, -1)
+    return (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
 
 
 def _crop(images: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
     """Zero-pad by ``pad`` pixels and cut each image back to size at its offset."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)
-    dy, dx = offsets
+    dy, dx = offsets.unbind(1)
     rows = (dy + torch.arange(h))[:, :, None]  # (N, H, 1)
     cols = (dx + torch.arange(w))[:, None, :]  # (N, 1, W)
     crops = padded[torch.arange(n).view(-1, 1, 1), rows, cols]  # (N, H, W, C)
@@ -320,19 +360,17 @@ _Plan = Iterator[tuple[torch.Tensor, _Draws | None]]  # per batch: indices, augm
 
 
 def _batch_plan(order: torch.Tensor, count: int, batch_size: int, aug: Augmentation | None,
-                gen: torch.Generator | None, shard: tuple[int, int] = (0, 1)) -> _Plan:
+                gen: torch.Generator | None, shard: tuple[int, int], shape: tuple[int, int, int]) -> _Plan:
     """The first ``count`` batches of ``order``: each one's indices and augmentation draws, drawn from ``gen`` as
     the batch comes (so however far ahead workers are fed, every batch gets the numbers of its place); with
     ``shard``, the rank's part of each."""
     for start in range(0, count * batch_size, batch_size):
         idx = order[start:start + batch_size]
-        draws = None if aug is None else _draw(aug, len(idx), gen)
+        draws = None if aug is None else _draw(aug, len(idx), gen, shape)
         if shard[1] > 1:
             part = shard_slice(len(idx), *shard)
             idx = idx[part]
-            if draws is not None:
-                draws = _Draws(None if draws.offsets is None else draws.offsets[:, part],
-                               None if draws.flips is None else draws.flips[part])
+            draws = None if draws is None else draws.part(part)
         yield idx, draws
 
 

@@ -468,8 +468,8 @@ def _prepare(s: Setup) -> None:
     for component in components:
         if hasattr(component, "prepare"):
             batches = iterate_batches(s.splits["train"], s.info, batch_size=s.cfg.train.batch_size, train=True,
-                                      augment=s.cfg.data.augment, seed=s.cfg.train.seed, epoch=0, drop_last=True,
-                                      workers=s.cfg.data.workers)
+                                      augment=s.cfg.data.augment, erase_prob=s.cfg.data.random_erasing,
+                                      seed=s.cfg.train.seed, epoch=0, drop_last=True, workers=s.cfg.data.workers)
             component.prepare(s.model, ((_on_device(x, s.device, s.cfg.train.channels_last),
                                         y.to(s.device)) for x, y in batches))
 
@@ -639,8 +639,9 @@ def _epoch_batches(s: Setup, sampler: Any, epoch: int, generator: torch.Generato
     RNG, which the checkpoint restored, is left as it is."""
     cfg = s.cfg
     batches = iterate_batches(s.splits["train"], s.info, batch_size=cfg.train.batch_size, train=True,
-                              augment=cfg.data.augment, seed=cfg.train.seed, epoch=epoch, drop_last=True,
-                              workers=cfg.data.workers, shard=s.world.shard, pin_memory=s.device.type == "cuda")
+                              augment=cfg.data.augment, erase_prob=cfg.data.random_erasing, seed=cfg.train.seed,
+                              epoch=epoch, drop_last=True, workers=cfg.data.workers, shard=s.world.shard,
+                              pin_memory=s.device.type == "cuda")
     if skip:
         with torch.random.fork_rng(devices=[]):
             for step, (x, y) in enumerate(islice(batches, skip)):

@@ -126,10 +126,17 @@ def test_empty_config_file_is_the_defaults(tmp_path):
     ("data.stream=true", r"'data.stream' is true, but data.name 'fashion-mnist' is held in memory"),
     ("data.eval_batch_size=0", r"'data.eval_batch_size' is out of range: 0; expected >= 1"),
     ("data.subset=0", r"'data.subset' is out of range: 0; expected null \(all images\) or >= 1"),
+    ("data.random_erasing=1.5", r"'data.random_erasing' is out of range: 1.5; expected a probability in \[0, 1\]"),
 ])
 def test_bad_config_values_say_what_is_expected(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.name=hne-resnet-small", override])
+
+
+def test_random_erasing_without_augmentation_is_refused():
+    with pytest.raises(ConfigError, match=r"'data.random_erasing' is 0.25 but data.augment is false.*set "
+                                          r"data.augment=true, or data.random_erasing=0"):
+        load_config(None, ["model.name=hne-resnet-small", "data.augment=false", "data.random_erasing=0.25"])
 
 
 SUPERNET = Path(__file__).parents[1] / "configs" / "supernet-mlp-fmnist.yaml"

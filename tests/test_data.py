@@ -258,6 +258,39 @@ def test_augmentation_is_a_small_shift_or_flip(fmnist_small) -> None:
         assert any(torch.equal(img, c) or torch.equal(img, c.flip(-1)) for c in candidates)
 
 
+def test_random_erasing_replaces_one_rectangle_per_erased_image(fmnist_small) -> None:
+    """With erase_prob=p, about p of the images differ from their crop-and-flip in exactly one rectangle of 2-40% of
+    the image, and nowhere else; the draws are a pure function of (seed, epoch)."""
+    info, splits = fmnist_small
+    kept = _batches(splits["train"], info, batch_size=400)[0][0]  # the first batch: crops and flips drawn first
+    erased = _batches(splits["train"], info, batch_size=400, erase_prob=0.5)[0][0]
+    assert torch.equal(erased, _batches(splits["train"], info, batch_size=400, erase_prob=0.5)[0][0])
+    changed = 0
+    for a, b in zip(kept, erased):
+        diff = (a != b)[0]
+        if not diff.any():
+            continue
+        changed += 1
+        rows, cols = diff.any(1).nonzero().flatten(), diff.any(0).nonzero().flatten()
+        top, left, bottom, right = rows.min(), cols.min(), rows.max() + 1, cols.max() + 1
+        assert not diff[:top].any() and not diff[bottom:].any() and not diff[:, :left].any()
+        assert not diff[:, right:].any()  # outside the rectangle the image is the crop-and-flip
+        assert (bottom - top) * (right - left) <= 0.45 * 28 * 28
+    assert 0.4 * len(kept) < changed < 0.6 * len(kept)
+    every = _batches(splits["train"], info, batch_size=400, erase_prob=1.0)[0][0]
+    assert all(not torch.equal(a, b) for a, b in zip(kept, every))
+    with pytest.raises(ValueError, match=r"erase_prob must be in \[0, 1\], got 1.5"):
+        _batches(splits["train"], info, erase_prob=1.5)
+
+
+def test_random_erasing_off_draws_nothing(fmnist_small) -> None:
+    """erase_prob=0 (the default) gives the batches of a run from before random erasing existed: same draws."""
+    info, splits = fmnist_small
+    default = _batches(splits["train"], info, batch_size=100)
+    off = _batches(splits["train"], info, batch_size=100, erase_prob=0.0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(default, off))
+
+
 def test_fake_has_no_augmentation() -> None:
     info, splits = load_dataset("fake")
     aug = _batches(splits["train"], info)

@@ -128,10 +128,10 @@ def test_fp16_needs_cuda():
 
 
 def test_shards_of_every_batch_are_the_one_process_batch():
-    """Shuffled, cropped and flipped (CIFAR's augmentation) as one process would."""
+    """Shuffled, cropped, flipped (CIFAR's augmentation) and erased as one process would."""
     info = DatasetInfo("cifar10", 10, 3, (3, 8, 8), (0.5,) * 3, (0.25,) * 3, tuple("abcdefghij"))
     split = Split(torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8), torch.randint(0, 10, (300,)))
-    options = dict(batch_size=64, train=True, augment=True, seed=3, epoch=1, drop_last=True)
+    options = dict(batch_size=64, train=True, augment=True, seed=3, epoch=1, drop_last=True, erase_prob=0.5)
     whole = list(iterate_batches(split, info, **options))
     for size in (2, 3):
         parts = [list(iterate_batches(split, info, shard=(rank, size), **options)) for rank in range(size)]

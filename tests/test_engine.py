@@ -158,13 +158,14 @@ def test_resume_from_step_checkpoints_ends_bit_identical(tmp_path, monkeypatch, 
                                                          kill_after_checkpoints):
     """Killed after a step checkpoint of the first epoch (before any epoch checkpoint) and again inside the second,
     the run ends with the weights and epoch records of an uninterrupted run without step checkpoints. Every random
-    stream is in play: the data's augmentation, the shuffled sampler's generator and the pool of batches it keeps,
-    and the global RNG (a callback)."""
+    stream is in play: the data's augmentation (random erasing too), the shuffled sampler's generator and the pool of
+    batches it keeps, and the global RNG (a callback)."""
     register_plugin(_JitterPlugin(), "jitter-plugin")
     monkeypatch.setitem(data.AUGMENTATIONS, "digits", data.Augmentation(crop_pad=1, hflip=True))
 
     def train(out: Path, *overrides: str, **options):
-        cfg = load_config(None, [*TINY, "sampler.name=shuffled", "sampler.args.shuffle_epochs=1.0", *overrides])
+        cfg = load_config(None, [*TINY, "sampler.name=shuffled", "sampler.args.shuffle_epochs=1.0",
+                                 "data.random_erasing=0.5", *overrides])
         return engine.train(OmegaConf.merge(cfg, {"callbacks": [{"name": "jitter"}]}), out, progress=False, **options)
 
     train(tmp_path / "uninterrupted")
