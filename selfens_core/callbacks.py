@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-EVENTS = ("on_train_start", "on_phase_start", "on_step_end", "on_epoch_end", "on_phase_end")
-
 
 @dataclass
 class PhaseInfo:

@@ -3,7 +3,8 @@
 A checkpoint is a directory::
 
     model.safetensors   model weights (``safetensors.torch.save_model``: tied tensors are stored once)
-    optim.safetensors   tensors of the optimizer state ("state.<param_idx>.<name>") and, rarely, of the scheduler
+    optim.safetensors   tensors of the optimizers' state ("optimizers.<i>.state.<param_idx>.<name>") and, rarely,
+                        of the scheduler
     rng.safetensors     torch RNG states ("cpu", "cuda.<device>") as uint8 tensors
     state.json          optimizer/scheduler state dicts with tensors replaced by {"__tensor__": key}, extra_state
 
@@ -30,6 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+
+from .registry import first_names
 
 FORMAT = "selfens-checkpoint"
 VERSION = 1
@@ -377,15 +380,9 @@ def _check_weights(file: Path, model: nn.Module, strict: bool) -> None:
     problems = [("shape mismatches", mismatched)]
     if strict:
         problems += [("missing keys", missing), ("unexpected keys", unexpected)]
-    report = [f"  {title}: " + _first(sorted(names)) for title, names in problems if names]
+    report = [f"  {title}: " + first_names(sorted(names)) for title, names in problems if names]
     if report:
         raise CheckpointError(f"weights in {file} do not fit {type(model).__name__}:\n" + "\n".join(report))
-
-
-def _first(names: list[str], shown: int = 8) -> str:
-    """The first ``shown`` names, and how many more: a model that does not fit can differ in every key."""
-    more = f", ... and {len(names) - shown} more ({len(names)} in all)" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def _tied_groups(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:

@@ -70,6 +70,7 @@ from .rundir import (
     CHECKPOINTS_DIR,
     CONFIG_YAML,
     EPOCH_LOG,
+    METRICS_FILE,
     RESUME_LOG,
     ConfigChanged,
     check_resume_config,
@@ -149,8 +150,6 @@ class PhaseRun:
     phase: Phase
     optimizer: OptimizerSet
     scheduler: ScheduleSet
-    schedule: Any
-    trained: list[str]
     held: list[torch.nn.Module]  # modules held in evaluation mode
     members_train: bool  # some parameter other than the combiner's trains
     combiner_trains: bool
@@ -401,7 +400,7 @@ def _start_phase(s: Setup, phase: Phase, state: TrainState, resume_from: Path | 
     except ValueError as error:
         raise ConfigError(f"phases[{phase.index}] schedule {phase.schedule!r}: {error}") from None
     combiner_names = set(s.model.parameter_groups()["combiner"])
-    run = PhaseRun(phase, optimizer, scheduler, schedule, trained, held,
+    run = PhaseRun(phase, optimizer, scheduler, held,
                    members_train=any(n not in combiner_names for n in trained),
                    combiner_trains=any(n in combiner_names for n in trained),
                    scaler=torch.amp.GradScaler(s.device.type, enabled=s.cfg.train.precision == "fp16"))
@@ -538,7 +537,7 @@ def _finish(out: Path, s: Setup, keep: list[torch.nn.Module]) -> dict[str, Any]:
     changed = resumes_that_changed_the_result(out)
     if changed:  # --allow-change: these numbers are not those of one run of config.yaml
         metrics["resumed_with_changes"] = changed
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     save_pretrained(s.model.cpu(), out)
     return metrics
 

@@ -19,12 +19,11 @@ import torch
 
 from .hub import sha256_file
 from .pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
-from .rundir import check_output_target, idle_epoch_seconds, read_epoch_log
+from .rundir import METRICS_FILE, check_output_target, idle_epoch_seconds, read_epoch_log
 from .zoo import MANIFEST_FILE, ZooEntry, resolve, verify_local
 
 CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
-METRICS_FILE = "metrics.json"
 EXPORTED_FILES = (*HUB_FILES, METRICS_FILE, MANIFEST_FILE)
 ENTRY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # NAME or TAG of a zoo entry: a folder name, a Hub repo name
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -175,6 +175,12 @@ def _accepts_words(entry: Entry[Any]) -> str:
     return f"a {words} that {what}() accepts{hint}"
 
 
+def first_names(names: list[str], shown: int = 8) -> str:
+    """The first ``shown`` of ``names`` and how many more, for messages about lists that can be long."""
+    more = f", ... and {len(names) - shown} more ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def unknown_message(kind: str, name: str, known: list[str], families: list[str] = (),
                     unavailable: list[str] = ()) -> str:
     """``Unknown <kind> <name>.`` with close matches, what exists, and the plugins that are not loaded (disabled or

@@ -32,12 +32,13 @@ from omegaconf import OmegaConf
 
 from .checkpoint import INTERRUPTED_SAVE, latest_checkpoint
 from .config import ConfigError
+from .registry import first_names
 
 LOCK_FILE = ".selfens-train.lock"
 CHECKPOINTS_DIR = "checkpoints"
-CONFIG_YAML, EPOCH_LOG, RESUME_LOG = "config.yaml", "metrics.jsonl", "resumes.jsonl"
+CONFIG_YAML, EPOCH_LOG, RESUME_LOG, METRICS_FILE = "config.yaml", "metrics.jsonl", "resumes.jsonl", "metrics.json"
 # A trained model (also a zoo entry's copy); config.json and model.safetensors are pretrained.py's names.
-FINISHED_FILES = ("metrics.json", "config.json", "model.safetensors", "manifest.json")
+FINISHED_FILES = (METRICS_FILE, "config.json", "model.safetensors", "manifest.json")
 RUN_FILES = (CONFIG_YAML, EPOCH_LOG, RESUME_LOG, *FINISHED_FILES)
 # Restored with the optimizer's state on --resume (param groups' lr, momentum, weight decay and the optimizer's other
 # arguments; the schedule's base lr), with every key under them (train.optimizer_args.betas).
@@ -242,11 +243,12 @@ def check_output_target(out: Path, writes: Sequence[str], *, command: str, overw
         return
     if overwrite:
         if replaced:
-            print(f"--overwrite: replacing {_names(replaced)} in {out}")
+            print(f"--overwrite: replacing {first_names(replaced)} in {out}")
         return
     run = " (a trained model or run)" if set(ours) - set(own_output) else ""
-    does = f"would replace its {_names(replaced)}" if replaced else f"would write {_names(list(writes))} into it"
-    raise RunDirectoryOccupied(f"{out} holds {_names(held)}{run}; {command} {does}. Pass --overwrite to write "
+    does = (f"would replace its {first_names(replaced)}" if replaced
+            else f"would write {first_names(list(writes))} into it")
+    raise RunDirectoryOccupied(f"{out} holds {first_names(held)}{run}; {command} {does}. Pass --overwrite to write "
                                f"anyway (nothing else in {out} is touched), or {elsewhere}")
 
 
@@ -255,7 +257,8 @@ def clear_run(out: Path) -> None:
     ours, others = _contents(out)
     if not ours:
         return
-    print(f"--overwrite: removing {_names(ours)} from {out}" + (f"; keeping {_names(others)}" if others else ""))
+    kept = f"; keeping {first_names(others)}" if others else ""
+    print(f"--overwrite: removing {first_names(ours)} from {out}{kept}")
     for name in ours:
         path = out / name
         if path.is_dir():
@@ -277,24 +280,19 @@ def _contents(out: Path) -> tuple[list[str], list[str]]:
 
 
 def _occupied_message(out: Path, last: Path | None, ours: list[str], others: list[str], resume: bool) -> str:
-    also = f"; it also holds {_names(others)}, which --overwrite keeps" if ours and others else ""
+    also = f"; it also holds {first_names(others)}, which --overwrite keeps" if ours and others else ""
     if last is not None:
         return (f"{out} already holds a run (checkpoint {last.name}); pass --resume to continue it, --overwrite to "
                 f"replace it, or choose another --out{also}")
     if set(ours) & set(FINISHED_FILES):
         why = " and no checkpoint to resume from" if resume else ""
-        return (f"{out} holds a trained model or run ({_names(ours)}){why}; pass --overwrite to replace it, or "
+        return (f"{out} holds a trained model or run ({first_names(ours)}){why}; pass --overwrite to replace it, or "
                 f"choose another --out{also}")
     if ours:
-        return (f"{out} holds a run that stopped before its first checkpoint ({_names(ours)}); pass --resume to start "
-                f"it again, --overwrite to replace it, or choose another --out{also}")
-    return (f"{out} is not empty and holds no selfens run ({_names(others)}); choose a new or empty --out, or pass "
-            f"--overwrite to train next to these files (they are kept)")
-
-
-def _names(names: list[str], shown: int = 8) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+        return (f"{out} holds a run that stopped before its first checkpoint ({first_names(ours)}); pass --resume to "
+                f"start it again, --overwrite to replace it, or choose another --out{also}")
+    return (f"{out} is not empty and holds no selfens run ({first_names(others)}); choose a new or empty --out, or "
+            f"pass --overwrite to train next to these files (they are kept)")
 
 
 # ------------------------------------------------------------------------------------------------ resuming honestly

@@ -52,7 +52,7 @@ def plan_passes(sampler: Sampler, inputs: torch.Tensor, targets: torch.Tensor, *
 class AllMembers(Sampler):
     """Every member on the same batch, in one pass (the default)."""
 
-    def plan(self, inputs, targets, *, epoch, num_epochs, generator):
+    def plan(self, inputs, targets):
         return [Pass(inputs, targets, None)]
 
 

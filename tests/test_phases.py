@@ -217,23 +217,41 @@ def test_listed_sampler_trains_only_the_listed_member(tmp_path, register_plugin)
     assert not all(torch.equal(final[k], initial[k]) for k in last)
 
 
-def test_a_recipe_declares_phases_and_a_config_replaces_them(tmp_path, register_plugin):
+def test_a_recipe_declares_phases_and_callbacks_and_a_config_replaces_phases_and_adds_callbacks(
+        tmp_path, register_plugin):
     from selfens_core.plugins import registries
 
     builder = registries().models.resolve("hne-resnet-small")[0].obj
+    phase_starts = []
+
+    class Recorder:
+        def __init__(self, tag: str):
+            self.tag = tag
+
+        def on_phase_start(self, state):
+            phase_starts.append((self.tag, state.phase.name))
 
     class Plugin:
         @hookimpl
         def register_models(self, register):
             register("staged-tiny", builder, combiner="stacking",
-                     phases=[{"name": "warm", "epochs": 1}, {"name": "stack", "epochs": 1, "trains": ["combiner"]}])
+                     phases=[{"name": "warm", "epochs": 1}, {"name": "stack", "epochs": 1, "trains": ["combiner"]}],
+                     callbacks=[{"name": "recorder", "args": {"tag": "recipe"}}])
+
+        @hookimpl
+        def register_callbacks(self, register):
+            register("recorder", Recorder)
 
     register_plugin(Plugin(), "staged")
     _train(tmp_path / "recipe", None, "model.name=staged-tiny")
     records = (tmp_path / "recipe" / "metrics.jsonl").read_text()
     assert '"phase": "warm"' in records and '"phase": "stack"' in records
-    _train(tmp_path / "config", {"phases": [{"name": "only", "epochs": 1}]}, "model.name=staged-tiny")
+    assert phase_starts == [("recipe", "warm"), ("recipe", "stack")]
+    phase_starts.clear()
+    config = {"phases": [{"name": "only", "epochs": 1}], "callbacks": [{"name": "recorder", "args": {"tag": "config"}}]}
+    _train(tmp_path / "config", config, "model.name=staged-tiny")
     assert "phase" not in (tmp_path / "config" / "metrics.jsonl").read_text()  # one phase: nothing to name
+    assert phase_starts == [("recipe", "only"), ("config", "only")]  # the recipe's callbacks, then the config's
 
 
 def test_a_model_that_reports_its_own_cost_gets_it_beside_the_dense_count():

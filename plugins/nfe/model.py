@@ -19,7 +19,7 @@ from torch import nn
 
 from selfens_core import SelfEnsemble
 from selfens_core.backbones import BackboneParts
-from selfens_core.metrics import count_flops
+from selfens_core.metrics import count_flops, count_params
 
 from .grouping import split_balanced
 from .masks import add_masks, mask_of, masked_layers, set_mask, stored_weight
@@ -64,10 +64,9 @@ class FissionEnsemble(SelfEnsemble):
     """
 
     def __init__(self, parts: BackboneParts, *, num_members: int, num_classes: int, in_chans: int,
-                 branch_after: Sequence[int] | None = None, pruning: str = "snip", sparsity: float = 0.5,
-                 input_size: tuple[int, int] = (32, 32), min_input_size: int = 16):
-        super().__init__(num_members=num_members, num_classes=num_classes, in_chans=in_chans,
-                         input_size=input_size, min_input_size=min_input_size)
+                 branch_after: Sequence[int] | None = None, pruning: str = "snip", sparsity: float = 0.5):
+        super().__init__(num_members=num_members, num_classes=num_classes, in_chans=in_chans, input_size=(32, 32),
+                         min_input_size=16)
         check_method(pruning, sparsity)
         num_stages = len(parts.stages)
         branch_after = list(range(1, self.num_members)) if branch_after is None else list(branch_after)
@@ -190,13 +189,7 @@ class FissionEnsemble(SelfEnsemble):
         kernels do not run faster for it (see docs/nfe.md)."""
         exits = range(self.member_count(members))
         used = self._used(exits)
-        seen: set[int] = set()
-        params = 0
-        for module in used:
-            for p in module.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params += p.numel()
+        params = count_params(nn.ModuleList(used))  # a parameter shared by several exits counts once
         layers = [layer for module in used for layer in masked_layers(module)]
         pruned = {id(layer): int(mask_of(layer).numel() - mask_of(layer).sum()) for layer in layers}
         params -= sum(pruned.values())

@@ -134,7 +134,7 @@ def top_k(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
         raise ValueError("pruning scores are not finite (the network's outputs overflowed or are NaN at "
                          "initialisation); try another pruning method or check the initialisation")
     top = torch.topk(flat, count, sorted=False)
-    threshold = top.values.min() if count else flat.new_tensor(float("inf"))
+    threshold = top.values.min()
     by_tie, tied = count - int((flat > threshold).sum()), int((flat == threshold).sum())
     if tied > by_tie > TIED_KEEP_LIMIT * count:  # the order of equal scores chooses some of the kept weights
         warnings.warn(f"pruning scores tell too few weights apart: of the {count:,} weights kept, {by_tie:,} were "
