@@ -340,7 +340,7 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
         resumed, resumed_at = _check_resume(out, last, s, allow_changes) if last else (None, EpochProgress())
         if not resumed:
             _prepare(s)
-            broadcast_state(_Both(s), world)
+            broadcast_state(_ModelAndObjectives(s), world)
         with _resumable_when_disk_full(out):
             if world.main:
                 _begin(out, s, resumed, overwrite)
@@ -406,7 +406,7 @@ def _start_phase(s: Setup, phase: Phase, state: TrainState, resume_from: Path | 
                    scaler=torch.amp.GradScaler(s.device.type, enabled=s.cfg.train.precision == "fp16"))
     state.phase, state.optimizers = _phase_info(s, phase, trained, schedule), optimizer.optimizers
     if resume_from is not None:
-        load_checkpoint(resume_from, model=_Both(s), optimizer=optimizer, scheduler=scheduler)
+        load_checkpoint(resume_from, model=_ModelAndObjectives(s), optimizer=optimizer, scheduler=scheduler)
         if "grad_scaler" in (extra := read_extra_state(resume_from)):
             run.scaler.load_state_dict(extra["grad_scaler"])
     else:
@@ -487,7 +487,7 @@ def _check_resume(out: Path, last: Path, s: Setup,
         raise ConfigChanged(f"cannot resume {out} from {last.name}: it was written after step {at.step} of epoch "
                             f"{epoch + 1}, but an epoch now has {s.steps_per_epoch} steps (data.subset, data.val_split "
                             "or train.batch_size changed); resume with the run's values")
-    load_checkpoint(last, model=_Both(s))
+    load_checkpoint(last, model=_ModelAndObjectives(s))
     within = f", then {at.step} of {s.steps_per_epoch} steps of epoch {epoch + 1}" if at.step else ""
     print(f"resuming {out} from {last.name} (epoch {epoch} of {s.epochs}{within})")
     for key, change in changes.items():
@@ -599,23 +599,11 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgre
                 continue
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
-                    f"{epoch * steps + step + 1}; terms: {_fmt(terms)}). Training stopped; the last good "
-                    f"checkpoint is {latest_checkpoint(state.out) or 'none (no epoch finished)'}. Try a lower "
-                    f"train.lr, train.warmup_epochs or train.grad_clip.")
+                raise _diverged(loss, terms, epoch * steps + step, steps, state.out)
             run.scaler.scale(loss).backward()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
-        average_gradients(trained, s.world)
-        for optimizer in run.optimizer.optimizers:
-            run.scaler.unscale_(optimizer)
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], cfg.train.grad_clip)
-        for optimizer in run.optimizer.optimizers:
-            run.scaler.step(optimizer)
-        run.scaler.update()
-        run.scheduler.step()
+        _optimizer_step(s, run, trained)
         state.step += 1
         if cfg.train.compile and run.phase.index not in s.compiled_phases:
             s.compiled_phases.add(run.phase.index)
@@ -628,6 +616,31 @@ def _train_epoch(s: Setup, run: PhaseRun, state: TrainState, so_far: EpochProgre
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(sums.values()) / (step + 1):.3f}", refresh=False)
     return mean_over_ranks({k: v / steps for k, v in sums.items()}, s.world)
+
+
+def _optimizer_step(s: Setup, run: PhaseRun, trained: list[torch.nn.Parameter]) -> None:
+    """Average the gradients over processes, unscale them (fp16), clip them (``train.grad_clip``), step every
+    optimizer of the phase and its schedule."""
+    average_gradients(trained, s.world)
+    for optimizer in run.optimizer.optimizers:
+        run.scaler.unscale_(optimizer)
+    if s.cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], s.cfg.train.grad_clip)
+    for optimizer in run.optimizer.optimizers:
+        run.scaler.step(optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+
+
+def _diverged(loss: torch.Tensor, terms: dict[str, torch.Tensor], global_step: int, steps_per_epoch: int,
+              out: Path) -> TrainingDiverged:
+    """The error for a loss that is no longer finite at ``global_step`` (0-based), naming the last good checkpoint."""
+    epoch, step = divmod(global_step, steps_per_epoch)
+    return TrainingDiverged(
+        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}; terms: "
+        f"{_fmt(terms)}). Training stopped; the last good checkpoint is "
+        f"{latest_checkpoint(out) or 'none (no epoch finished)'}. Try a lower train.lr, train.warmup_epochs or "
+        "train.grad_clip.")
 
 
 def _epoch_batches(s: Setup, sampler: Any, epoch: int, generator: torch.Generator,
@@ -718,7 +731,7 @@ def _log_epoch(s: Setup, run: PhaseRun, out: Path, epoch: int, losses: dict[str,
           + " ".join(f"{k}:{a:.4f}" for k, a in record[f"{split}_acc"].items()) + f"  ({seconds:.0f}s)")
 
 
-class _Both(torch.nn.Module):
+class _ModelAndObjectives(torch.nn.Module):
     """Model and objectives saved as one state dict: a distiller may own trained parameters (discriminators); a
     phase with its own distiller adds it under ``phase_distillers``."""
 
@@ -741,7 +754,7 @@ def _save(out: Path, epoch: int, s: Setup, run: PhaseRun, so_far: EpochProgress 
     name = f"epoch-{epoch:04d}" + (f"-step-{so_far.step:06d}" if so_far is not None else "")
     state = {"epoch": epoch, "phase": run.phase.index, "config": OmegaConf.to_container(s.cfg, resolve=True),
              **progress, **({"grad_scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {})}
-    save_checkpoint(directory / name, model=_Both(s), optimizer=run.optimizer, scheduler=run.scheduler,
+    save_checkpoint(directory / name, model=_ModelAndObjectives(s), optimizer=run.optimizer, scheduler=run.scheduler,
                     extra_state=state)
     newest_last = sorted(directory.glob("epoch-*"), key=lambda path: checkpoint_order(path.name))
     for old in newest_last[:-s.cfg.train.keep_checkpoints]:
