@@ -1,4 +1,4 @@
-"""MEAL on Fashion-MNIST at a short CPU budget: the tables of docs/meal.md.
+"""MEAL on Fashion-MNIST at a short CPU budget: the tables of plugins/meal/README.md.
 
 Table 1 — one student network (default timm's ``test_resnet``: 0.37M parameters, 6.7 MFLOPs at 28×28) trained
 alone, with plain KD from one teacher, and with MEAL from all the zoo's Fashion-MNIST teachers; against the teachers

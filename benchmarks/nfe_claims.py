@@ -7,7 +7,8 @@ reuses kept ones) in priority order and prints one table of test accuracy per ex
     python benchmarks/nfe_claims.py --only single nfe3-snip de3 --seeds 0 1
 
 Every run uses NFE's recipe (SGD Nesterov 0.1, wd 5e-4, batch 128, piecewise-linear schedule) for the epochs of its
-config (6); the configs say how the models are sized (docs/nfe.md). Runs and kept results: benchmarks/claims.py.
+config (6); the configs say how the models are sized (plugins/nfe/README.md). Runs and kept results:
+benchmarks/claims.py.
 """
 from __future__ import annotations
 

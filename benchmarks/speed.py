@@ -40,7 +40,8 @@ FAMILIES: dict[str, tuple[str, dict, str, dict]] = {
     "ienet-mobilenetv2": ("ienet-mobilenetv2", {}, "ienet-mobilenetv2", {"widths": [1.0]}),
     "deep-ensemble-resnet10t": ("deep-ensemble-resnet10t", {"num_members": 4, **_NARROW_RESNET10T},
                                 "deep-ensemble-resnet10t", {"num_members": 1, **_NARROW_RESNET10T}),
-    # NFE's exits run dense kernels over masked weights: its FLOPs here are the dense ones (docs/nfe.md "Cost")
+    # NFE's exits run dense kernels over masked weights: its FLOPs here are the dense ones
+    # (plugins/nfe/README.md, "Cost")
     "nfe-resnet10t": ("nfe-resnet10t", {"num_members": 3, **_NFE_RESNET10T},
                       "deep-ensemble-resnet10t", {"num_members": 1, **_NFE_RESNET10T}),
     # six members of 200-466-466 against one of them (configs/supernet-mlp-fmnist.yaml)

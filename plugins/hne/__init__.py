@@ -1,6 +1,6 @@
 """HNE — Hierarchical Neural Ensembles (Ruiz & Verbeek): a binary tree of blocks run as grouped convolutions.
 
-Paper: *Distilled Hierarchical Neural Ensembles with Adaptive Inference Cost* (2020); guide: ``docs/hne.md``.
+Paper: *Distilled Hierarchical Neural Ensembles with Adaptive Inference Cost* (2020); guide: README.md here.
 What lives here:
 
 - ``tree.py``: the tree layers (grouped Conv2d / BatchNorm / per-leaf head) and the stacking transform;

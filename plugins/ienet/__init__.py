@@ -1,7 +1,7 @@
 """IENet — Intra-Ensemble (Gao et al.): several sub-networks of one backbone, different channel subsets (and
 optionally layer paths) through shared weights, trained together and combined by stacking.
 
-Paper: *Intra-Ensemble in Neural Networks* (2019); guide: ``docs/ienet.md``. What lives here:
+Paper: *Intra-Ensemble in Neural Networks* (2019); guide: README.md here. What lives here:
 
 - ``couplings.py``: which layers' channels are coupled (residual adds, depthwise convs, concatenations), found by
   a torch.fx pass over the backbone;

@@ -2,7 +2,7 @@
 
 Pretrained teachers from the zoo, of any architecture (a self-ensemble teacher counts by its combined output), are
 distilled into one student through block-wise similarity losses and one adversarial discriminator per tap. Guide:
-``docs/meal.md``. What lives here:
+README.md here. What lives here:
 
 - ``distiller.py``: :class:`MealDistiller` (``distiller.name: meal``): teacher selection, similarity, adversarial modes;
 - ``taps.py``: stage taps through timm ``feature_info`` and forward hooks, and the adaptive-pooling alignment;

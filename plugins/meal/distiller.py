@@ -26,7 +26,7 @@ STUDENT, TEACHER = 0, 1  # discriminator output columns
 
 
 class MealDistiller(Distiller):
-    """MEAL (Shen et al., AAAI 2019) and MEAL-V2's teacher averaging; see docs/meal.md.
+    """MEAL (Shen et al., AAAI 2019) and MEAL-V2's teacher averaging; see plugins/meal/README.md.
 
     Args (``distiller.args``):
         teachers: zoo references (``NAME[.TAG]``, ``hf-hub:ORG/REPO@REV``, ``local-dir:PATH``), loaded frozen, in eval
@@ -264,7 +264,7 @@ class MealDistiller(Distiller):
                           ) -> dict[str, torch.Tensor]:
         """``disc``: the discriminators' loss (student samples labelled student, teacher samples teacher);
         ``adv`` (``alternating``): the student's loss for being recognised as a student, through frozen copies of
-        the discriminators. See docs/meal.md for the sign of each mode."""
+        the discriminators. See plugins/meal/README.md for the sign of each mode."""
         disc = student[-1].new_zeros(())
         adv = student[-1].new_zeros(())
         beta = self.adversarial_weight

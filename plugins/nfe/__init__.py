@@ -1,7 +1,7 @@
 """NFE — Network Fission Ensembles (Lee & Lee): one network pruned at initialisation, its kept weights grouped into
 full-depth exits that share their early stages, trained with ensemble knowledge distillation.
 
-Paper: *Network Fission Ensembles for Low-Cost Self-Ensembles* (2024); guide: ``docs/nfe.md``. What lives here:
+Paper: *Network Fission Ensembles for Low-Cost Self-Ensembles* (2024); guide: README.md here. What lives here:
 
 - ``masks.py``: weight masks as parametrizations (masked weights exactly zero under any optimizer);
 - ``pruning.py``: pruning at initialisation, SNIP, GraSP, SynFlow, random (global top-k);

@@ -186,7 +186,7 @@ class FissionEnsemble(SelfEnsemble):
     def effective_cost(self, members: int) -> dict[str, int]:
         """FLOPs per image (at ``pretrained_cfg["input_size"]``) and parameters of the first ``members`` exits,
         counting nonzero weights only: a masked conv's FLOPs are 2 · H_out · W_out per kept weight. Dense
-        kernels do not run faster for it (see docs/nfe.md)."""
+        kernels do not run faster for it (see plugins/nfe/README.md)."""
         exits = range(self.member_count(members))
         used = self._used(exits)
         params = count_params(nn.ModuleList(used))  # a parameter shared by several exits counts once

@@ -1,6 +1,6 @@
 """SuperNet — "supermodeling" (Bukowski & Dzwinel): trained sub-models merged by a retrained last layer.
 
-Thesis: *SuperNet — an efficient method of neural networks ensembling* (2020); guide: ``docs/supernet.md``.
+Thesis: *SuperNet — an efficient method of neural networks ensembling* (2020); guide: README.md here.
 What lives here:
 
 - ``base.py``: :class:`MergeableEnsemble`, members that end in a linear classifier, with per-member and per-depth
