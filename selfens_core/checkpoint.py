@@ -25,7 +25,7 @@ import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,6 +35,20 @@ from torch import nn
 from .registry import first_names
 
 FORMAT = "selfens-checkpoint"
+CHECKPOINTS_DIR = "checkpoints"  # where a run directory keeps its checkpoints
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves and restores besides the model: a ``torch.optim`` optimizer or learning-rate
+    scheduler, or anything with their ``state_dict`` / ``load_state_dict`` (the engine's ``OptimizerSet``)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> None: ...
+
+
+class OptimizerLike(Stateful, Protocol):
+    param_groups: list[dict]
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.safetensors"
@@ -60,8 +74,8 @@ def save_checkpoint(
     path: str | Path,
     *,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    optimizer: OptimizerLike | None = None,
+    scheduler: Stateful | None = None,
     extra_state: dict | None = None,
     rng: bool = True,
 ) -> Path:
@@ -236,8 +250,8 @@ def load_checkpoint(
     path: str | Path,
     *,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    optimizer: OptimizerLike | None = None,
+    scheduler: Stateful | None = None,
     restore_rng: bool = True,
     strict: bool = True,
 ) -> dict:
@@ -306,13 +320,13 @@ def read_extra_state(path: str | Path) -> dict:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``run_dir/checkpoints``, or ``None``.
+    """The newest complete checkpoint in ``run_dir``'s :data:`CHECKPOINTS_DIR`, or ``None``.
 
     Checkpoints are ordered by :func:`checkpoint_order`; directories whose name does not end in a number, hidden ones
     (saves in progress) and ones lacking a file every checkpoint has are skipped.
     """
     numbered = []
-    for candidate in Path(run_dir, "checkpoints").glob("*"):
+    for candidate in Path(run_dir, CHECKPOINTS_DIR).glob("*"):
         complete = (candidate / STATE_FILE).is_file() and (candidate / MODEL_FILE).is_file()
         if re.search(r"\d$", candidate.name) and complete and not candidate.name.startswith("."):
             numbered.append((checkpoint_order(candidate.name), candidate.stat().st_mtime, candidate))
@@ -407,7 +421,7 @@ def _decode_section(state: dict, section: str, tensor_file: Path) -> Any:
         raise CheckpointError(f"checkpoint file {tensor_file} lacks the tensor {e}") from None
 
 
-def _check_param_groups(saved: dict, optimizer: torch.optim.Optimizer, path: Path) -> None:
+def _check_param_groups(saved: dict, optimizer: OptimizerLike, path: Path) -> None:
     """Raise if the saved optimizer state has other parameter-group sizes than ``optimizer`` (it would not load)."""
     parts = saved["optimizers"] if "optimizers" in saved else [saved]  # several optimizers saved as one
     saved_sizes = [len(group["params"]) for part in parts for group in part["param_groups"]]

@@ -30,12 +30,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .checkpoint import INTERRUPTED_SAVE, latest_checkpoint
+from .checkpoint import CHECKPOINTS_DIR, INTERRUPTED_SAVE, latest_checkpoint
 from .config import ConfigError
 from .registry import first_names
 
 LOCK_FILE = ".selfens-train.lock"
-CHECKPOINTS_DIR = "checkpoints"
 CONFIG_YAML, EPOCH_LOG, RESUME_LOG, METRICS_FILE = "config.yaml", "metrics.jsonl", "resumes.jsonl", "metrics.json"
 # A trained model (also a zoo entry's copy); config.json and model.safetensors are pretrained.py's names.
 FINISHED_FILES = (METRICS_FILE, "config.json", "model.safetensors", "manifest.json")
