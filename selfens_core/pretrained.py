@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import CheckpointError, load_weights, save_weights
 from .ensemble import SelfEnsemble
@@ -49,6 +51,25 @@ def load_pretrained(directory: str | Path) -> SelfEnsemble:
                               f"{CONFIG_FILE} was changed") from None
     model.pretrained_cfg.update(cfg)
     return model.eval()
+
+
+def check_same_data(what: str, cfg: dict[str, Any], expected: dict[str, Any], whose: str = "this run's data") -> None:
+    """Raise ``ValueError`` naming ``what`` (e.g. ``"teacher 'resnet10t.fmnist'"``) when the pretrained config ``cfg``
+    says its model was trained on data other than ``expected``'s: number of classes, input channels, normalisation
+    (mean/std) or class names. For everything that reuses a trained model inside a run (teachers, initial weights)."""
+    for key in ("num_classes", "in_chans"):
+        if cfg[key] != expected[key]:
+            raise ValueError(f"{what} has {key}={cfg[key]}, but {whose} has {expected[key]}")
+    for key in ("mean", "std"):
+        a, b = cfg.get(key), expected.get(key)
+        if a is None or b is None or len(a) != len(b) or any(not math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6)
+                                                             for x, y in zip(a, b)):
+            raise ValueError(f"{what} expects inputs normalised with {key}={a}, but {whose} "
+                             f"({expected.get('dataset')}) uses {key}={b}: it was trained on other data")
+    names, own = cfg.get("class_names"), expected.get("class_names")
+    if names is not None and own is not None and list(names) != list(own):
+        raise ValueError(f"{what} has classes {list(names)[:4]}..., {whose} ({expected.get('dataset')}) has "
+                         f"{list(own)[:4]}...")
 
 
 _REQUIRED = {"architecture": "str", "num_classes": "int", "in_chans": "int"}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from selfens_plugins.supernet.members_from import MembersFrom
 from selfens_plugins.supernet.merge import Merge
 from selfens_plugins.supernet.snapshot import Snapshot
 from torch.nn import functional as F
@@ -282,3 +283,65 @@ def test_snapshot_run_fills_its_slots_then_merges(tmp_path):
     assert int(model.snapshots_taken) == 2 and model.combiner.merged
     weights = [m.fc.weight for m in model.members]
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+
+
+SMALL_CNN = ["data.name=fake", "model.args.channels=[8,8,8,8]", "model.args.stem_width=8",
+             "model.args.small_images=true"]
+MERGE_ONLY = {"phases": [{"name": "merge", "epochs": 1, "trains": ["combiner"], "optimizer": "adam", "lr": 0.001,
+                          "schedule": "constant"}]}
+
+
+def _members_from(sources: list[str]) -> dict:
+    return {**MERGE_ONLY, "callbacks": [{"name": "members_from", "args": {"sources": sources}}]}
+
+
+def test_members_from_merges_networks_trained_in_other_runs(tmp_path):
+    sources = []
+    for seed in (1, 2):  # two single networks, each its own run
+        _train(tmp_path / f"single{seed}", ["model.name=deep-ensemble-resnet10t", "model.args.num_members=1",
+                                             f"train.seed={seed}", "train.epochs=1", *SMALL_CNN], {})
+        sources.append(f"local-dir:{tmp_path / f'single{seed}'}")
+    run = tmp_path / "merged"
+    _train(run, ["model.name=supernet-resnet10t", "model.args.num_members=2", "combiner.name=merge", *SMALL_CNN],
+           _members_from(sources))
+    merged = load_file(run / "model.safetensors")
+    for index, seed in enumerate((1, 2)):
+        single = load_file(tmp_path / f"single{seed}" / "model.safetensors")
+        for name, tensor in single.items():  # networks.0.<name> of the single run is members.<index>.<name>
+            torch.testing.assert_close(merged[name.replace("networks.0.", f"members.{index}.", 1)], tensor)
+    assert load_pretrained(run).combiner.merged
+
+    # a resumed run keeps its members as its checkpoint holds them, whatever the sources hold now
+    model = load_pretrained(run)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    MembersFrom(sources[::-1]).on_train_start(SimpleNamespace(model=model, resumed=True))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # nothing changes unless every source fits: the wrong second source leaves member 0 alone too
+    _train(tmp_path / "wide", ["model.name=deep-ensemble-resnet10t", "model.args.num_members=1", "train.epochs=1",
+                               *SMALL_CNN, "model.args.channels=[8,8,8,16]"], {})
+    with pytest.raises(ValueError, match=r"source 'local-dir:.*wide' \(deep-ensemble-resnet10t, build_args .*\) "
+                                         r"holds no network with the parameters and buffers of the member"):
+        MembersFrom([sources[1], f"local-dir:{tmp_path / 'wide'}"]).on_train_start(
+            SimpleNamespace(model=model, resumed=False))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_members_from_refuses_bad_sources_before_training(tmp_path):
+    model = create("supernet-resnet10t", num_classes=10, in_chans=1, num_members=2, **TINY_CNN)
+    fresh = SimpleNamespace(model=model, resumed=False)
+    with pytest.raises(ValueError, match="1 source\\(s\\) for a model of 2 members; give one per member or build "
+                                         "the model with num_members=1"):
+        MembersFrom(["a"]).on_train_start(fresh)
+    with pytest.raises(ValueError, match="source 'local-dir:/nonexistent' could not be loaded"):
+        MembersFrom(["local-dir:/nonexistent", "local-dir:/nonexistent"]).on_train_start(fresh)
+    with pytest.raises(ValueError, match="sources must be a non-empty list"):
+        MembersFrom("resnet10t.fmnist")
+    with pytest.raises(TypeError, match="fills the members of a SuperNet model"):
+        deep = create("deep-ensemble-resnet10t", num_classes=4, in_chans=1, num_members=1, **TINY_CNN)
+        MembersFrom(["a"]).on_train_start(SimpleNamespace(model=deep, resumed=False))
+    ten = tmp_path / "ten-classes"
+    _train(ten, ["model.name=deep-ensemble-resnet10t", "model.args.num_members=1", "train.epochs=1", *SMALL_CNN], {})
+    with pytest.raises(ValueError, match="members_from source 'local-dir:.*ten-classes' has num_classes=10, but this "
+                                         "run's data has 7"):
+        _train(tmp_path / "merged", ["model.name=supernet-resnet10t", "model.args.num_members=1", "combiner.name=merge",
+                                     *SMALL_CNN, "data.name=fake:1:28:28:7"], _members_from([f"local-dir:{ten}"]))

@@ -2,7 +2,6 @@
 against the student's data; and the teachers' own averaged ensemble as a SelfEnsemble (the "true ensemble")."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from selfens_core import SelfEnsemble
+from selfens_core.pretrained import check_same_data
 
 from .taps import FeatureTaps
 
@@ -48,26 +48,9 @@ def load_teacher(ref: str, student_cfg: dict[str, Any]) -> SelfEnsemble:
         model = selfens_core.load(ref)
     except Exception as error:  # unknown name, missing directory, unavailable repo, weights that do not fit, ...
         raise ValueError(f"teacher {ref!r} could not be loaded: {type(error).__name__}: {error}") from error
-    check_compatible(ref, model.pretrained_cfg, student_cfg)
+    check_same_data(f"teacher {ref!r}", model.pretrained_cfg, student_cfg, whose="the student's data")
     model.requires_grad_(False)
     return model.eval()
-
-
-def check_compatible(ref: str, teacher: dict[str, Any], student: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the teacher when it was trained on data other than the student's."""
-    for key in ("num_classes", "in_chans"):
-        if teacher[key] != student[key]:
-            raise ValueError(f"teacher {ref!r} has {key}={teacher[key]}, but the student's data has {student[key]}")
-    for key in ("mean", "std"):
-        a, b = teacher.get(key), student.get(key)
-        if a is None or b is None or len(a) != len(b) or any(not math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6)
-                                                             for x, y in zip(a, b)):
-            raise ValueError(f"teacher {ref!r} expects inputs normalised with {key}={a}, but the student's data "
-                             f"({student.get('dataset')}) uses {key}={b}: it was trained on other data")
-    names, own = teacher.get("class_names"), student.get("class_names")
-    if names is not None and own is not None and list(names) != list(own):
-        raise ValueError(f"teacher {ref!r} has classes {list(names)[:4]}..., the student's data "
-                         f"({student.get('dataset')}) has {list(own)[:4]}...")
 
 
 def _weights_sha256(origin: dict[str, Any]) -> str | None:
@@ -110,7 +93,8 @@ class TeacherEnsemble(SelfEnsemble):
 
         models = [selfens_core.load(ref) for ref in refs]
         for ref, model in zip(refs[1:], models[1:]):
-            check_compatible(ref, model.pretrained_cfg, models[0].pretrained_cfg)
+            check_same_data(f"teacher {ref!r}", model.pretrained_cfg, models[0].pretrained_cfg,
+                            whose=f"teacher {refs[0]!r}")
         return cls(models).eval()
 
     def forward_members(self, x: torch.Tensor, members: int) -> torch.Tensor:

@@ -10,7 +10,8 @@ What lives here:
 - ``merge.py``: the ``merge`` combiner, a linear layer over all members' features, initialised from their
   classifiers when its phase starts;
 - ``snapshot.py``: the ``snapshot`` callback, which copies the trained member into the next free slot at the
-  schedule's minima (snapshot ensembles, FGE).
+  schedule's minima (snapshot ensembles, FGE);
+- ``members_from.py``: the ``members_from`` callback, which starts the members from networks trained in other runs.
 
 The protocols (train the members, retrain their last layers, merge) are training phases: ``configs/supernet-*.yaml``,
 ``configs/snapshots-*.yaml``, ``configs/fge-*.yaml``.
@@ -45,6 +46,8 @@ def register_combiners(register):
 
 @hookimpl
 def register_callbacks(register):
+    from .members_from import MembersFrom
     from .snapshot import Snapshot
 
     register("snapshot", Snapshot)
+    register("members_from", MembersFrom)
