@@ -67,7 +67,7 @@ def test_every_claims_run_is_a_valid_config_whose_model_builds():
     from selfens_core.config import load_config
     from selfens_core.factory import build_model
 
-    for script in ("nfe_claims", "hne_claims", "ienet_claims", "meal_claims"):
+    for script in ("nfe_claims", "hne_claims", "ienet_claims", "meal_claims", "snapshot_claims"):
         for run in __import__(script).CLAIMS.runs.values():
             cfg = load_config(ROOT / run.config, list(run.overrides))
             args = OmegaConf.to_container(cfg.model.args)
