@@ -269,6 +269,20 @@ def load(ref: str, *, revision: str | None = None):
     return model
 
 
+def load_for_run(ref: str, run_cfg: dict[str, Any], what: str, whose: str = "this run's data"):
+    """:func:`load` for a model a run reuses (a teacher, a member's initial weights): any failure to load it, and a
+    model trained on data other than ``run_cfg``'s (:func:`~selfens_core.pretrained.check_same_data`), is a
+    ``ValueError`` naming ``what``."""
+    from .pretrained import check_same_data
+
+    try:
+        model = load(ref)
+    except Exception as error:  # unknown name, missing directory, unavailable repo, weights that do not fit, ...
+        raise ValueError(f"{what} could not be loaded: {type(error).__name__}: {error}") from error
+    check_same_data(what, model.pretrained_cfg, run_cfg, whose)
+    return model
+
+
 def verify_local(directory: Path) -> None:
     """Check a local folder against its ``manifest.json``, when it has one: every file the manifest pins must be
     there and match its sha256 (:class:`IntegrityError` naming the file and both hashes), before anything is

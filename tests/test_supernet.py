@@ -336,8 +336,8 @@ def test_members_from_refuses_bad_sources_before_training(tmp_path):
         MembersFrom(["local-dir:/nonexistent", "local-dir:/nonexistent"]).on_train_start(fresh)
     with pytest.raises(ValueError, match="sources must be a non-empty list"):
         MembersFrom("resnet10t.fmnist")
+    deep = create("deep-ensemble-resnet10t", num_classes=4, in_chans=1, num_members=1, **TINY_CNN)
     with pytest.raises(TypeError, match="fills the members of a SuperNet model"):
-        deep = create("deep-ensemble-resnet10t", num_classes=4, in_chans=1, num_members=1, **TINY_CNN)
         MembersFrom(["a"]).on_train_start(SimpleNamespace(model=deep, resumed=False))
     ten = tmp_path / "ten-classes"
     _train(ten, ["model.name=deep-ensemble-resnet10t", "model.args.num_members=1", "train.epochs=1", *SMALL_CNN], {})

@@ -40,15 +40,11 @@ class Teacher:
 def load_teacher(ref: str, student_cfg: dict[str, Any]) -> SelfEnsemble:
     """``selfens_core.load(ref)``, frozen and in eval mode; refused (``ValueError`` naming it) when it does not fit
     the student's data: number of classes, input channels, normalisation (mean/std) or class names."""
-    import selfens_core
+    from selfens_core.zoo import load_for_run
 
     if not isinstance(ref, str) or not ref:
         raise ValueError(f"teachers are zoo references (NAME[.TAG], hf-hub:ORG/REPO@REV, local-dir:PATH); got {ref!r}")
-    try:
-        model = selfens_core.load(ref)
-    except Exception as error:  # unknown name, missing directory, unavailable repo, weights that do not fit, ...
-        raise ValueError(f"teacher {ref!r} could not be loaded: {type(error).__name__}: {error}") from error
-    check_same_data(f"teacher {ref!r}", model.pretrained_cfg, student_cfg, whose="the student's data")
+    model = load_for_run(ref, student_cfg, f"teacher {ref!r}", whose="the student's data")
     model.requires_grad_(False)
     return model.eval()
 

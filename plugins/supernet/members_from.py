@@ -15,8 +15,6 @@ from typing import Any
 
 from torch import nn
 
-from selfens_core.pretrained import check_same_data
-
 
 class MembersFrom:
     """Copy ``sources[i]``'s network into member ``i`` of a SuperNet model when training starts fresh."""
@@ -46,14 +44,9 @@ class MembersFrom:
 
 def _network_like(member: nn.Module, ref: str, run_cfg: dict[str, Any]) -> nn.Module:
     """The first network of the model ``ref`` whose state dict has ``member``'s names and shapes."""
-    import selfens_core
+    from selfens_core.zoo import load_for_run
 
-    try:
-        source = selfens_core.load(ref)
-    except Exception as error:  # unknown name, missing directory, unavailable repo, weights that do not fit, ...
-        raise ValueError(f"members_from: source {ref!r} could not be loaded: "
-                         f"{type(error).__name__}: {error}") from error
-    check_same_data(f"members_from source {ref!r}", source.pretrained_cfg, run_cfg)
+    source = load_for_run(ref, run_cfg, f"members_from source {ref!r}")
     wanted = {name: tensor.shape for name, tensor in member.state_dict().items()}
     count = sum(1 for _ in member.parameters())
     for module in source.modules():
