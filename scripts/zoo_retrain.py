@@ -55,6 +55,9 @@ _CPU_SCALE_RESNET10T = ("model.args.small_images=true", "model.args.channels=[16
 PLAN: tuple[Entry, ...] = (
     Entry("resnet10t.fmnist", "configs/resnet10t-fmnist.yaml",
           ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32", "train.epochs=40")),
+    Entry("resnet10t.fmnist-seed1", "configs/resnet10t-fmnist.yaml",
+          ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32", "train.epochs=40", "train.seed=1",
+           "data.random_erasing=0.5")),
     Entry("mobilenetv2_100.fmnist", "configs/mobilenetv2-fmnist.yaml"),
     Entry("efficientnet_b0.fmnist", "configs/mobilenetv2-fmnist.yaml", ("model.name=deep-ensemble-efficientnet_b0",)),
     Entry("hne-resnet10t.fmnist", "configs/hne-resnet10t-fmnist.yaml", ("train.epochs=30",)),

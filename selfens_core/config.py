@@ -73,6 +73,8 @@ class TrainConfig:
     precise_bn: int = 0  # re-estimate BatchNorm statistics on this many training batches before each evaluation
     sync_batchnorm: bool = False  # with several processes: BatchNorm normalises over the global batch, not the shard
     compile: bool = False  # torch.compile the training forward (the first step compiles; its time is printed)
+    # a fresh run starts from this trained model's weights (NAME[.TAG], hf-hub:, local-dir:; docs/engine.md)
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -272,6 +274,8 @@ def _check_ranges(cfg: DictConfig) -> None:
         "train.checkpoint_every_steps": (t.checkpoint_every_steps >= 0,
                                          ">= 0 (optimizer steps; 0 checkpoints at epoch ends only)"),
         "train.precise_bn": (t.precise_bn >= 0, ">= 0 (training batches; 0 turns precise BatchNorm off)"),
+        "train.init_from": (t.init_from is None or bool(t.init_from.strip()),
+                            "null or a model reference: NAME[.TAG], hf-hub:ORG/REPO@REV or local-dir:PATH"),
         "data.val_split": (0.0 <= d.val_split < 1.0, "in [0, 1)"),
         "data.random_erasing": (0.0 <= d.random_erasing <= 1.0, "a probability in [0, 1] (0 turns it off)"),
         "data.subset": (d.subset is None or d.subset >= 1, "null (all images) or >= 1"),

@@ -8,7 +8,6 @@ from .hookspecs import hookimpl
 from .optim import BUILTIN_OPTIMIZERS
 from .samplers import AllMembers, Listed, ShuffledPerMember
 from .schedules import BUILTIN_SCHEDULES
-from .weights_from import WeightsFrom
 
 
 @hookimpl
@@ -49,8 +48,3 @@ def register_optimizers(register):
 def register_schedules(register):
     for name, cls in BUILTIN_SCHEDULES.items():
         register(name, cls)
-
-
-@hookimpl
-def register_callbacks(register):
-    register("weights_from", WeightsFrom)

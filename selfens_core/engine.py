@@ -74,6 +74,7 @@ from .rundir import (
 )
 from .samplers import Pass, plan_passes
 from .setup import Setup, build, phase_schedule, pick_device, resolve_recipe
+from .weights_from import copy_weights_from
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision that runs under autocast
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -252,8 +253,8 @@ def _check_covered(phase: Phase, trained: list[str], groups: list[list[torch.nn.
 
 def _prepare(s: Setup) -> None:
     """Let every component that defines ``prepare(model, batches)`` look at training data once, before any
-    optimizer exists (a fresh run only: what it decides is in the state dict, which a resume loads). Every process
-    sees the whole batches, so all decide the same."""
+    optimizer exists (a fresh run only: what it decides is in the state dict, which a resume loads), then copy
+    ``train.init_from``'s weights. Every process sees the whole batches, so all decide the same."""
     components = [s.model, s.model.combiner, s.distiller, *s.phase_distillers.values(), s.sampler,
                   *s.phase_samplers.values(), *s.callbacks]
     for component in components:
@@ -263,6 +264,8 @@ def _prepare(s: Setup) -> None:
                                       seed=s.cfg.train.seed, epoch=0, drop_last=True, workers=s.cfg.data.workers)
             component.prepare(s.model, ((_on_device(x, s.device, s.cfg.train.channels_last),
                                         y.to(s.device)) for x, y in batches))
+    if s.cfg.train.init_from:  # last, so that it overrides what the components decided (docs/engine.md)
+        copy_weights_from(s.model, s.cfg.train.init_from)
 
 
 def _check_resume(out: Path, last: Path, s: Setup,

@@ -34,6 +34,7 @@ def test_required_configs_exist():
     ("train.precision=fp8", r"'train.precision' is 'fp8'; allowed: fp32, bf16, fp16"),
     ("train.lr=-1", r"'train.lr' is out of range"),
     ("data.val_split=1.5", r"'data.val_split' is out of range"),
+    ("train.init_from=' '", r"'train.init_from' is out of range: ' '; expected null or a model reference"),
     ("train=3", r"config key 'train' is a section, a mapping of its keys \(epochs, batch_size, .*\), not 3"),
 ])
 def test_bad_config_names_the_key(override, message):

@@ -106,7 +106,10 @@ def test_a_killed_rank_stops_the_run_which_resumes_in_another_number_of_processe
     resumed = _train(run, 1, *args[:-1], "--resume")  # one process now, the same global batch
     assert "resuming" in resumed.stdout
     _train(tmp_path / "uninterrupted", 1, *args[:-1])
-    assert _largest_difference(run, tmp_path / "uninterrupted") < 1e-5
+    # the steps before the checkpoint summed two ranks' gradients, in another order than one process sums them: fp32
+    # rounding, carried through the steps after it (measured up to 1.9e-5 here); the same bound as synced BatchNorm's
+    # above, which another training (BatchNorm per half-batch) exceeds
+    assert _largest_difference(run, tmp_path / "uninterrupted") < 1e-4
 
 
 def test_the_global_batch_must_split_evenly_and_the_config_error_is_said_once(tmp_path):

@@ -21,7 +21,7 @@ from selfens_core.config import load_config
 from selfens_core.distillers import Independent
 from selfens_core.hookspecs import hookimpl
 from selfens_core.pretrained import load_pretrained
-from selfens_core.weights_from import WeightsFrom
+from selfens_core.weights_from import copy_weights_from
 
 TINY = ["model.name=hne-resnet-small", "model.args.num_members=2", "data.name=digits", "data.subset=96",
         "train.batch_size=32", "train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "data.eval_batch_size=64"]
@@ -240,24 +240,18 @@ def test_a_refused_run_leaves_no_directory_behind(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def _train_from(out: Path, source: str, *overrides: str):
-    cfg = OmegaConf.merge(load_config(None, [*TINY, *overrides]),
-                          {"callbacks": [{"name": "weights_from", "args": {"source": source}}]})
-    return engine.train(cfg, out, progress=False)
-
-
-def test_weights_from_starts_a_fresh_run_from_a_trained_model(finished, tmp_path, capsys):
+def test_init_from_starts_a_fresh_run_from_a_trained_model(finished, tmp_path, capsys):
     run, _ = finished
     model = load_pretrained(run)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_()
-    WeightsFrom(f"local-dir:{run}").prepare(model, iter(()))
+    copy_weights_from(model, f"local-dir:{run}")
     trained = load_pretrained(run).state_dict()
     assert all(torch.equal(trained[name], tensor) for name, tensor in model.state_dict().items())
 
-    _train_from(tmp_path / "warm", f"local-dir:{run}", "train.epochs=1")
-    assert f"weights_from: the run starts from the weights of local-dir:{run}" in capsys.readouterr().out
+    _train(tmp_path / "warm", f"train.init_from=local-dir:{run}", "train.epochs=1")
+    assert f"train.init_from: the run starts from the weights of local-dir:{run}" in capsys.readouterr().out
     first_epoch = json.loads((tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()[0])
     from_scratch = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     # it trained on from the source's weights: its first epoch's loss is below a fresh start's
@@ -270,12 +264,10 @@ def test_weights_from_starts_a_fresh_run_from_a_trained_model(finished, tmp_path
     (["combiner.name=stacking"], r"does not have this run's parameters and buffers \(\d+ differ, e.g. combiner\."),
     (["data.name=fake:1:8:8:7"], "has num_classes=10, but this run's data has 7"),
 ])
-def test_weights_from_refuses_another_model_before_training(finished, tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=f"weights_from source 'local-dir:.*' {message}"):
-        _train_from(tmp_path / "warm", f"local-dir:{finished[0]}", *overrides)
+def test_init_from_refuses_another_model_before_training(finished, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=f"train.init_from 'local-dir:.*' {message}"):
+        _train(tmp_path / "warm", f"train.init_from=local-dir:{finished[0]}", *overrides)
     assert not (tmp_path / "warm" / "model.safetensors").exists()
-    with pytest.raises(ValueError, match="source must be a model reference"):
-        WeightsFrom("")
 
 
 def test_overwrite_replaces_the_run_and_keeps_other_files(run_copy, capsys):
