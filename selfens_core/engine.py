@@ -53,6 +53,7 @@ from .evaluation import evaluate
 from .factory import (
     build_optimizer,
 )
+from .init_from import copy_weights_from
 from .optim import lr_lambda, weight_decay_groups
 from .phases import OptimizerSet, Phase, ScheduleSet, apply_phase, release, select
 from .pretrained import save_pretrained
@@ -74,7 +75,6 @@ from .rundir import (
 )
 from .samplers import Pass, plan_passes
 from .setup import Setup, build, phase_schedule, pick_device, resolve_recipe
-from .weights_from import copy_weights_from
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision that runs under autocast
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}

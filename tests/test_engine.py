@@ -20,8 +20,8 @@ from selfens_core import checkpoint, data, engine, rundir
 from selfens_core.config import load_config
 from selfens_core.distillers import Independent
 from selfens_core.hookspecs import hookimpl
+from selfens_core.init_from import copy_weights_from
 from selfens_core.pretrained import load_pretrained
-from selfens_core.weights_from import copy_weights_from
 
 TINY = ["model.name=hne-resnet-small", "model.args.num_members=2", "data.name=digits", "data.subset=96",
         "train.batch_size=32", "train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "data.eval_batch_size=64"]
