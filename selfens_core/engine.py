@@ -145,9 +145,10 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False, overwri
             if world.main:
                 _begin(out, s, resumed, overwrite)
             start = resumed["epoch"] if resumed else 0
-            state = TrainState(s.model, _phase_info(s, s.phase_at(min(start, s.epochs - 1))), s.steps_per_epoch,
+            current = s.phase_at(min(start, s.epochs - 1))  # a resumed run's phase: its components are notified
+            state = TrainState(s.model, _phase_info(s, current), s.steps_per_epoch,
                                out, step=start * s.steps_per_epoch + resumed_at.step, resumed=bool(resumed))
-            notify(s.listeners(s.phases[0]), "on_train_start", state)
+            notify(s.listeners(current), "on_train_start", state)
             for phase in s.phases:
                 first, end = s.first_epoch(phase), s.first_epoch(phase) + phase.epochs
                 if end <= start:

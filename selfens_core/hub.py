@@ -15,7 +15,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 class IntegrityError(RuntimeError):
-    """A file's sha256 (or size) differs from the one its manifest pins."""
+    """A file's sha256 differs from the one its manifest pins."""
 
 
 def _is_true(value: str | None) -> bool:

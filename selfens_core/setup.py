@@ -143,6 +143,10 @@ def _check_phase(model: SelfEnsemble, phase: Phase) -> None:
     select(model, phase.trains, f"{where}.trains")
     frozen_modules(model, phase.frozen, f"{where}.frozen")
     phase_schedule(phase)
+    if not 0.0 <= phase.warmup_epochs <= phase.epochs:
+        inherited = " (train.warmup_epochs, which phase 0 takes when it sets none)" if phase.index == 0 else ""
+        raise ConfigError(f"{where}.warmup_epochs{inherited} is {phase.warmup_epochs}: it must be in [0, "
+                          f"{phase.epochs}], the phase's epochs")
     for index, spec in enumerate(phase.optimizers):
         select(model, spec.params, f"{where}.optimizers[{index}].params")
         try:

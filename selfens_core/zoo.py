@@ -2,8 +2,9 @@
 
 An entry is a folder ``<name>.<tag>/`` in a zoo source (a directory a plugin registers through the
 ``register_zoo_sources`` hook). Its ``manifest.json`` pins the Hub repo, the commit, and the sha256 and size of each
-file; the folder may also hold the files themselves (the bundled copy). A name without a tag means the entry whose
-manifest says ``"default": true``.
+file (the size is informational; the sha256 is what is checked); the folder may also hold the files themselves (the
+bundled copy). A name without a tag means the entry whose manifest says ``"default": true``, or the name's only entry
+when it has one tag.
 
 Files come from the HF cache or the Hub at the pinned commit (only the cache when ``HF_HUB_OFFLINE`` is set); when
 that fails, from the bundled copy; else the error names the repo, revision and cache path. Every file is checked
@@ -160,7 +161,7 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 
 
 def resolve(ref: str) -> ZooEntry:
-    """The entry ``name.tag``, or ``name``'s default entry."""
+    """The entry ``name.tag``, or ``name``'s default entry (its only entry when it has one tag)."""
     from .plugins import registries
 
     known, skipped = _scan()

@@ -125,6 +125,8 @@ def test_evaluate_refuses_non_finite_images_and_logits_instead_of_scoring_them()
     (dict(num_classes=True), "num_classes must be an int >= 1, got True"),
     (dict(num_classes=2.5), "num_classes must be an int >= 1, got 2.5"),
     (dict(num_classes=10, in_chans=0), "in_chans must be an int >= 1, got 0"),
+    (dict(num_classes=10, num_members=True), "num_members must be an int >= 1, got True"),
+    (dict(num_classes=10, num_members=2.0), "num_members must be an int >= 1, got 2.0"),
 ])
 def test_bad_class_and_channel_counts_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=f"^{message}$"):

@@ -166,6 +166,8 @@ def test_backbone_that_cannot_be_transformed_says_why():
         selfens_core.create("hne-vit_tiny_patch16_224", num_classes=10)
     with pytest.raises(UnknownNameError, match="Unknown model 'hne-resnet_does_not_exist'"):
         selfens_core.create("hne-resnet_does_not_exist", num_classes=10)
+    with pytest.raises(BackboneError, match="resnet10t has 4 stages, .* at most 16 members; got num_members=32"):
+        selfens_core.create("hne-resnet10t", num_classes=10, num_members=32)
 
 
 def test_tree_check_catches_channel_mixing():

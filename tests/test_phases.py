@@ -187,6 +187,15 @@ def test_a_selector_that_picks_nothing_names_the_key_and_the_groups(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_warm_up_longer_than_its_phase_names_the_key_before_anything_is_written(tmp_path):
+    phases = [{"epochs": 2, "trains": ["all"]}, {"epochs": 1, "trains": ["all"], "warmup_epochs": 1.5}]
+    with pytest.raises(ConfigError, match=r"phases\[1\].warmup_epochs is 1.5: it must be in \[0, 1\]"):
+        _train(tmp_path / "run", {"phases": phases})
+    with pytest.raises(ConfigError, match=r"phases\[0\].warmup_epochs \(train.warmup_epochs.*is 3.0"):
+        _train(tmp_path / "run", {"phases": phases}, "train.epochs=3", "train.warmup_epochs=3")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_misspelt_phase_key_lists_the_phase_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name: hne-resnet-small}\nphases:\n  - {epochs: 1, trian: [members]}\n")

@@ -238,6 +238,8 @@ def test_snapshot_callback_refuses_more_snapshots_than_slots_before_the_phase_st
     model = create("snapshots-resnet10t", num_classes=4, in_chans=1, num_members=2, **TINY_CNN)
     with pytest.raises(ValueError, match="3 snapshot points but the model has 1 free slot.*num_members=3"):
         _snapshot_run(Snapshot(), model, CosineRestarts(cycle_epochs=1), 3, steps_per_epoch=2)
+    with pytest.raises(ValueError, match="2 snapshot points but the model has 1 free slot.*num_members=3"):
+        _snapshot_run(Snapshot(every_epochs=2), model, Cosine(), 5, steps_per_epoch=1)  # epochs 2, 4: none at the end
     with pytest.raises(TypeError, match="snapshots-<timm model> model"):
         Snapshot().on_train_start(SimpleNamespace(model=create("supernet-mlp", num_classes=4, in_chans=1)))
     with pytest.raises(ValueError, match="every_epochs must be an int >= 1"):

@@ -44,14 +44,14 @@ def hne_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members:
     networks = [create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, small_images=small_images,
                                 **timm_kwargs) for _ in range(num_members)]
     parts = [backbone_parts(net, backbone) for net in networks]
-    splits = int(math.log2(num_members))
+    splits, stages = int(math.log2(num_members)), len(parts[0].stages)
+    if splits > stages:
+        raise BackboneError(f"{backbone} has {stages} stages, so a tree splitting once per stage has at most "
+                            f"{2**stages} members; got num_members={num_members}")
     if split_stages is None:
         split_stages = default_split_stages(parts[0], in_chans, splits)
     if len(split_stages) != splits:
         raise ValueError(f"{num_members} members need {splits} split stages, got split_stages={split_stages}")
-    if splits > len(parts[0].stages):
-        stages = len(parts[0].stages)
-        raise BackboneError(f"{backbone} has {stages} stages: at most {2**stages} members")
     branches = tree_branches(len(parts[0].stages), list(split_stages))
     model = build_tree(parts, branches, num_classes=num_classes, in_chans=in_chans, input_size=(32, 32),
                        min_input_size=16)

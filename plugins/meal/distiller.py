@@ -152,7 +152,6 @@ class MealDistiller(Distiller):
     def _hook_teacher(self, teacher: Teacher) -> None:
         networks = timm_networks(teacher.model)
         per_network = [_stage_modules(net) for net in networks]
-        teacher.networks = len(networks)
         teacher.has_tap = [bool(networks) and all(r in s for s in per_network) for r in self.reductions]
         if not all(teacher.has_tap) and self.missing_taps == "error":
             missing = [f"r{r}" for r, ok in zip(self.reductions, teacher.has_tap) if not ok]

@@ -21,7 +21,6 @@ class Teacher:
 
     ref: str
     model: SelfEnsemble
-    networks: int = 0  # timm networks tapped (0: the teacher offers only its logits)
     has_tap: list[bool] = field(default_factory=list)  # per intermediate tap
     taps: FeatureTaps | None = None
 

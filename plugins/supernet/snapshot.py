@@ -49,7 +49,7 @@ class Snapshot:
                 f"snapshot: phase {state.phase.name!r} has {len(points)} snapshot points but the model has "
                 f"{state.model.free_slots} free slot(s) ({state.model.num_members} members: "
                 f"{int(state.model.snapshots_taken)} snapshot(s) taken, the last member is the trained one); build it "
-                f"with num_members={int(state.model.snapshots_taken) + len(points)} or take fewer snapshots")
+                f"with num_members={int(state.model.snapshots_taken) + copies + 1} or take fewer snapshots")
 
     def on_step_end(self, state: Any) -> None:
         if state.phase_step not in self._phase_points(state):
