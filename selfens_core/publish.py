@@ -109,12 +109,16 @@ def write_card(directory: Path, cfg: dict[str, Any], metrics: dict[str, Any], *,
         f"\nTraining: {len(epochs)} epoch{'s' if len(epochs) > 1 else ''}, "
         f"{sum(r['seconds'] for r in epochs) / 60:.1f} minutes as logged, {sum(idle_epoch_seconds(epochs)) / 60:.1f} "
         f"at each phase's fastest epoch (an estimate of the idle machine's cost; evaluation excluded).\n")
+    n = len(metrics["member_acc"])
+    what = f"A self-ensemble of {n} members" if n > 1 else "A single network (a self-ensemble of one member)"
+    predict = (f"model.predict(images, members={max(1, n // 2)})   # any budget from 1 to {n}" if n > 1
+               else "model.predict(images)")
     params = f"{metrics['params']:,}" + (f" ({metrics['effective_params']:,} nonzero)"
                                          if "effective_params" in metrics else "")
     body = f"""
 # {name}
 
-A self-ensemble of {len(metrics['member_acc'])} members, architecture `{cfg['architecture']}`
+{what}, architecture `{cfg['architecture']}`
 (build arguments `{json.dumps(cfg.get('build_args', {}))}`), trained with [selfens](https://github.com/selfens/selfens)
 on {dataset} ({cfg['num_classes']} classes, {cfg['in_chans']}-channel {cfg['input_size'][1]}x{cfg['input_size'][2]}
 images). Weights are stored in {cfg.get('weights_dtype', 'float32')}.
@@ -122,7 +126,7 @@ images). Weights are stored in {cfg.get('weights_dtype', 'float32')}.
 ```python
 import selfens_core
 model = selfens_core.load("{name}")
-probs = model.predict(images, members=2)   # any budget from 1 to {len(metrics['member_acc'])}
+probs = {predict}
 ```
 
 ## Test-set results per member budget

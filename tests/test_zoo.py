@@ -54,6 +54,8 @@ def test_card_is_a_hub_model_card_with_the_measured_results(exported):
     assert [r.metric_value for r in card.data.eval_results] == [round(m["acc"], 4) for m in
                                                                 metrics["members"].values()]
     assert "hne-resnet-small" in card.text and "## Training recipe" in card.text
+    assert "A self-ensemble of 2 members" in card.text
+    assert "model.predict(images, members=1)   # any budget from 1 to 2" in card.text
     assert "Training: 1 epoch," in card.text  # the run's time, from its epoch log
     assert exported.summary["epochs"] == 1 and exported.summary["training_minutes"] >= 0
 
@@ -346,3 +348,4 @@ def test_a_card_shows_the_cost_a_model_reports_and_the_training_time(tmp_path):
     assert "| 1 | 90.00 | 0.300 | 0.010 | 0.100 | 4.0 | 2.0 |" in text
     assert "Parameters: 2,000 (1,000 nonzero)" in text
     assert "Training: 2 epochs, 3.0 minutes as logged, 2.0 at each phase's fastest epoch" in text
+    assert "A single network (a self-ensemble of one member)" in text and "probs = model.predict(images)\n" in text
