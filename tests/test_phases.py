@@ -155,6 +155,27 @@ def test_a_resume_neither_prepares_again_nor_restarts_the_phase(tmp_path, regist
     assert [e[0] for e in _Recorder.events] == ["train_start", "epoch_end", "phase_end"]
 
 
+def test_a_run_resumed_in_a_later_phase_starts_with_that_phases_components(tmp_path, monkeypatch):
+    from selfens_core.samplers import Listed
+
+    save, started = engine._save, []
+    monkeypatch.setattr(Listed, "on_train_start", lambda self, state: started.append(self.members), raising=False)
+
+    def killed_after_epoch_two(out, epoch, *args):
+        save(out, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_save", killed_after_epoch_two)
+    phases = [{"name": "first", "epochs": 1, "sampler": {"name": "listed", "args": {"members": [0]}}},
+              {"name": "second", "epochs": 2, "sampler": {"name": "listed", "args": {"members": [1]}}}]
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "run", {"phases": phases}, "model.name=deep-ensemble-hne-resnet-small")
+    monkeypatch.setattr(engine, "_save", save)
+    _train(tmp_path / "run", {"phases": phases}, "model.name=deep-ensemble-hne-resnet-small", resume=True)
+    assert started == [[0], [1]]
+
+
 def test_one_optimizer_per_member(tmp_path, register_plugin):
     seen = {}
 
