@@ -111,7 +111,7 @@ def write_card(directory: Path, cfg: dict[str, Any], metrics: dict[str, Any], *,
         f"at each phase's fastest epoch (an estimate of the idle machine's cost; evaluation excluded).\n")
     n = len(metrics["member_acc"])
     what = f"A self-ensemble of {n} members" if n > 1 else "A single network (a self-ensemble of one member)"
-    predict = (f"model.predict(images, members={max(1, n // 2)})   # any budget from 1 to {n}" if n > 1
+    predict = (f"model.predict(images, members={n // 2})   # any budget from 1 to {n}" if n > 1
                else "model.predict(images)")
     params = f"{metrics['params']:,}" + (f" ({metrics['effective_params']:,} nonzero)"
                                          if "effective_params" in metrics else "")

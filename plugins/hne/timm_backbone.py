@@ -52,7 +52,7 @@ def hne_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members:
         split_stages = default_split_stages(parts[0], in_chans, splits)
     if len(split_stages) != splits:
         raise ValueError(f"{num_members} members need {splits} split stages, got split_stages={split_stages}")
-    branches = tree_branches(len(parts[0].stages), list(split_stages))
+    branches = tree_branches(stages, list(split_stages))
     model = build_tree(parts, branches, num_classes=num_classes, in_chans=in_chans, input_size=(32, 32),
                        min_input_size=16)
     if check:
