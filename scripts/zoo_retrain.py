@@ -7,8 +7,9 @@ it is the same pipeline at smoke size:
     python scripts/zoo_retrain.py --device cpu --smoke --only resnet10t.fmnist meal-resnet10t.fmnist
 
 Entries train in stages: first every entry that needs no other (all at once on a GPU: these models are far too small
-to fill one alone), then the MEAL student, whose teachers are the entries just retrained (``local-dir:`` references
-to their exported folders; teachers not retrained in this invocation are taken from the zoo). Each run trains with
+to fill one alone), then the entries built from others (the MEAL student from its teachers, the SuperNet from its
+members), which read the entries just retrained (``local-dir:`` references to their exported folders; sources not
+retrained in this invocation are taken from the zoo). Each run trains with
 ``selfens train`` into ``runs/zoo-retrain/<entry>`` (a second invocation resumes it from its checkpoint), then
 ``selfens zoo export`` evaluates the stored float16 weights on the test set and writes the entry with its card. The
 device tool brings back at most 8 files of 16 MiB, 64 MiB in all, so ``--pack`` writes the entries as one gzipped tar
@@ -43,7 +44,8 @@ class Entry:
     name: str  # NAME.TAG in the zoo
     config: str
     overrides: tuple[str, ...] = ()
-    teachers: tuple[str, ...] = ()  # zoo entries its distiller learns from (trained in an earlier stage)
+    sources: tuple[str, ...] = ()  # zoo entries its run loads (teachers, members): trained in an earlier stage
+    sources_key: str = "distiller.args.teachers"  # the config key that lists them
 
 
 _TEACHERS = ("resnet10t.fmnist", "mobilenetv2_100.fmnist", "efficientnet_b0.fmnist", "hne-resnet-small.fmnist",
@@ -52,12 +54,18 @@ _TEACHERS = ("resnet10t.fmnist", "mobilenetv2_100.fmnist", "efficientnet_b0.fmni
 # the CPU-scale claims' network (benchmarks/claims.py), so a GPU retrain replaces the CPU entry with the same model
 _CPU_SCALE_RESNET10T = ("model.args.small_images=true", "model.args.channels=[16,32,64,128]", "model.args.stem_width=8")
 
+# the single network at full width (the CPU entries are half width); the SuperNet's members are these
+_FULL_WIDTH_RESNET10T = ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32")
+_SUPERNET_MEMBERS = ("resnet10t.fmnist", "resnet10t.fmnist-seed1", "resnet10t.fmnist-seed2", "resnet10t.fmnist-seed3")
+
 PLAN: tuple[Entry, ...] = (
-    Entry("resnet10t.fmnist", "configs/resnet10t-fmnist.yaml",
-          ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32", "train.epochs=40")),
+    Entry("resnet10t.fmnist", "configs/resnet10t-fmnist.yaml", (*_FULL_WIDTH_RESNET10T, "train.epochs=40")),
     Entry("resnet10t.fmnist-seed1", "configs/resnet10t-fmnist.yaml",
-          ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32", "train.epochs=40", "train.seed=1",
-           "data.random_erasing=0.5")),
+          (*_FULL_WIDTH_RESNET10T, "train.epochs=40", "train.seed=1", "data.random_erasing=0.5")),
+    Entry("resnet10t.fmnist-seed2", "configs/resnet10t-fmnist.yaml",
+          (*_FULL_WIDTH_RESNET10T, "train.epochs=40", "train.seed=2")),
+    Entry("resnet10t.fmnist-seed3", "configs/resnet10t-fmnist.yaml",
+          (*_FULL_WIDTH_RESNET10T, "train.epochs=40", "train.seed=3")),
     Entry("mobilenetv2_100.fmnist", "configs/mobilenetv2-fmnist.yaml"),
     Entry("efficientnet_b0.fmnist", "configs/mobilenetv2-fmnist.yaml", ("model.name=deep-ensemble-efficientnet_b0",)),
     Entry("hne-resnet10t.fmnist", "configs/hne-resnet10t-fmnist.yaml", ("train.epochs=30",)),
@@ -69,18 +77,20 @@ PLAN: tuple[Entry, ...] = (
     Entry("nfe-resnet10t.fmnist", "configs/nfe-resnet10t-fmnist.yaml",
           ("train.epochs=30", "model.args.pruning=synflow")),
     Entry("supernet-mlp.fmnist", "configs/supernet-mlp-fmnist.yaml", ("combiner.args.l2=1.0e-2",)),
+    Entry("supernet-resnet10t.fmnist", "configs/supernet-resnet10t-fmnist.yaml", _FULL_WIDTH_RESNET10T,
+          sources=_SUPERNET_MEMBERS, sources_key="callbacks.0.args.sources"),
     Entry("meal-resnet10t.fmnist", "configs/meal-fmnist.yaml",
-          ("model.name=deep-ensemble-resnet10t", *_CPU_SCALE_RESNET10T, "train.precise_bn=50"), teachers=_TEACHERS),
+          ("model.name=deep-ensemble-resnet10t", *_CPU_SCALE_RESNET10T, "train.precise_bn=50"), sources=_TEACHERS),
 )
 
 
 def stages(entries: list[Entry]) -> list[list[Entry]]:
-    """The entries in order of need: an entry trains in a later stage than every teacher of it being retrained."""
+    """The entries in order of need: an entry trains in a later stage than every source of it being retrained."""
     names = {e.name for e in entries}
     done: set[str] = set()
     result = []
     while len(done) < len(entries):
-        ready = [e for e in entries if e.name not in done and all(t in done or t not in names for t in e.teachers)]
+        ready = [e for e in entries if e.name not in done and all(t in done or t not in names for t in e.sources)]
         if not ready:
             raise ValueError(f"entries that teach each other: {sorted(names - done)}")
         result.append(ready)
@@ -100,10 +110,10 @@ def retrain(entry: Entry, args: argparse.Namespace, threads: int) -> dict:
     run, log = args.runs / entry.name, args.runs / f"{entry.name}.log"
     config = ROOT / entry.config
     overrides = [*entry.overrides, f"train.device={args.device}", f"train.precision={args.precision}"]
-    if entry.teachers:
+    if entry.sources:
         refs = [f"'local-dir:{(args.zoo_dir / t).resolve()}'" if (args.zoo_dir / t / "manifest.json").exists()
-                else f"'{t}'" for t in entry.teachers]
-        overrides.append(f"distiller.args.teachers=[{','.join(refs)}]")
+                else f"'{t}'" for t in entry.sources]
+        overrides.append(f"{entry.sources_key}=[{','.join(refs)}]")
     if args.smoke:
         overrides += smoke_overrides(config)
     resume = ["--resume"] if (run / "checkpoints").is_dir() and not (run / "model.safetensors").exists() else []

@@ -1,4 +1,4 @@
-"""scripts/zoo_retrain.py, the GPU retraining of the zoo: its plan is valid, teachers train first, and packed entries
+"""scripts/zoo_retrain.py, the GPU retraining of the zoo: its plan is valid, sources train first, and packed entries
 come back verified or not at all."""
 import importlib.util
 import shutil
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from selfens_core.config import load_config
 from selfens_core.hub import IntegrityError
@@ -28,16 +29,35 @@ def test_every_zoo_entry_and_every_method_is_planned():
     assert bundled <= planned
     families = {load_config(ROOT / e.config, list(e.overrides)).model.name.split("-")[0] for e in zoo_retrain.PLAN}
     assert {"hne", "ienet", "deep", "nfe", "supernet"} <= families
-    assert any(e.teachers for e in zoo_retrain.PLAN)  # the MEAL student
+    readers = {load_config(ROOT / e.config, list(e.overrides)).model.name.split("-")[0] for e in zoo_retrain.PLAN
+               if e.sources}
+    assert readers == {"deep", "supernet"}  # the MEAL student (a deep-ensemble-* network) and the SuperNet
 
 
-def test_teachers_train_in_an_earlier_stage():
+@pytest.mark.parametrize("entry", [e for e in zoo_retrain.PLAN if e.sources], ids=lambda e: e.name)
+def test_sources_go_where_the_config_reads_them(entry):
+    refs = [f"'local-dir:/zoo/{name}'" for name in entry.sources]
+    cfg = load_config(ROOT / entry.config, [*entry.overrides, f"{entry.sources_key}=[{','.join(refs)}]"])
+    assert OmegaConf.select(cfg, entry.sources_key) == [f"local-dir:/zoo/{name}" for name in entry.sources]
+
+
+def test_supernet_members_are_planned_with_the_supernets_architecture():
+    plan = {e.name: e for e in zoo_retrain.PLAN}
+    for entry in (e for e in zoo_retrain.PLAN if e.sources_key.startswith("callbacks")):
+        args = load_config(ROOT / entry.config, list(entry.overrides)).model.args
+        for name in entry.sources:
+            member = load_config(ROOT / plan[name].config, list(plan[name].overrides)).model.args
+            assert {k: v for k, v in member.items() if k != "num_members"} == \
+                {k: v for k, v in args.items() if k != "num_members"}, name
+
+
+def test_sources_train_in_an_earlier_stage():
     plan = {e.name: e for e in zoo_retrain.PLAN}
     order = {e.name: i for i, stage in enumerate(zoo_retrain.stages(list(zoo_retrain.PLAN))) for e in stage}
     for entry in zoo_retrain.PLAN:
-        assert all(order[t] < order[entry.name] for t in entry.teachers if t in plan)
-    student = next(e for e in zoo_retrain.PLAN if e.teachers)
-    assert zoo_retrain.stages([student]) == [[student]]  # teachers not retrained come from the zoo
+        assert all(order[t] < order[entry.name] for t in entry.sources if t in plan)
+    student = next(e for e in zoo_retrain.PLAN if e.sources)
+    assert zoo_retrain.stages([student]) == [[student]]  # sources not retrained come from the zoo
 
 
 def test_pack_then_unpack_verifies_every_file(exported, tmp_path, monkeypatch):
