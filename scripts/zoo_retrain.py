@@ -9,7 +9,8 @@ it is the same pipeline at smoke size:
 Entries train in stages: first every entry that needs no other (all at once on a GPU: these models are far too small
 to fill one alone), then the entries built from others (the MEAL student from its teachers, the SuperNet from its
 members), which read the entries just retrained (``local-dir:`` references to their exported folders; sources not
-retrained in this invocation are taken from the zoo). Each run trains with
+retrained in this invocation are taken from the zoo; an entry whose retrained source failed is not trained). Each
+run trains with
 ``selfens train`` into ``runs/zoo-retrain/<entry>`` (a second invocation resumes it from its checkpoint), then
 ``selfens zoo export`` evaluates the stored float16 weights on the test set and writes the entry with its card. The
 device tool brings back at most 8 files of 16 MiB, 64 MiB in all, so ``--pack`` writes the entries as one gzipped tar
@@ -45,7 +46,11 @@ class Entry:
     config: str
     overrides: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # zoo entries its run loads (teachers, members): trained in an earlier stage
-    sources_key: str = "distiller.args.teachers"  # the config key that lists them
+    sources_key: str | None = None  # the config key that lists them (required with sources)
+
+    def __post_init__(self) -> None:
+        if bool(self.sources) != bool(self.sources_key):
+            raise ValueError(f"{self.name}: sources and sources_key go together (the key is where the run reads them)")
 
 
 _TEACHERS = ("resnet10t.fmnist", "mobilenetv2_100.fmnist", "efficientnet_b0.fmnist", "hne-resnet-small.fmnist",
@@ -54,18 +59,17 @@ _TEACHERS = ("resnet10t.fmnist", "mobilenetv2_100.fmnist", "efficientnet_b0.fmni
 # the CPU-scale claims' network (benchmarks/claims.py), so a GPU retrain replaces the CPU entry with the same model
 _CPU_SCALE_RESNET10T = ("model.args.small_images=true", "model.args.channels=[16,32,64,128]", "model.args.stem_width=8")
 
-# the single network at full width (the CPU entries are half width); the SuperNet's members are these
-_FULL_WIDTH_RESNET10T = ("model.args.channels=[64,128,256,512]", "model.args.stem_width=32")
+# The single network keeps the CPU entries' half width (1.2 M parameters): the SuperNet over four seeds of it is one
+# file of 4.9 M (9.9 MB in float16), within the repository's 20 MB and the device tool's transfer; at full width it
+# would be 39 MB. Its members are these four entries, so either source (retrained or bundled) fits it.
 _SUPERNET_MEMBERS = ("resnet10t.fmnist", "resnet10t.fmnist-seed1", "resnet10t.fmnist-seed2", "resnet10t.fmnist-seed3")
 
 PLAN: tuple[Entry, ...] = (
-    Entry("resnet10t.fmnist", "configs/resnet10t-fmnist.yaml", (*_FULL_WIDTH_RESNET10T, "train.epochs=40")),
+    Entry("resnet10t.fmnist", "configs/resnet10t-fmnist.yaml", ("train.epochs=40",)),
     Entry("resnet10t.fmnist-seed1", "configs/resnet10t-fmnist.yaml",
-          (*_FULL_WIDTH_RESNET10T, "train.epochs=40", "train.seed=1", "data.random_erasing=0.5")),
-    Entry("resnet10t.fmnist-seed2", "configs/resnet10t-fmnist.yaml",
-          (*_FULL_WIDTH_RESNET10T, "train.epochs=40", "train.seed=2")),
-    Entry("resnet10t.fmnist-seed3", "configs/resnet10t-fmnist.yaml",
-          (*_FULL_WIDTH_RESNET10T, "train.epochs=40", "train.seed=3")),
+          ("train.epochs=40", "train.seed=1", "data.random_erasing=0.5")),
+    Entry("resnet10t.fmnist-seed2", "configs/resnet10t-fmnist.yaml", ("train.epochs=40", "train.seed=2")),
+    Entry("resnet10t.fmnist-seed3", "configs/resnet10t-fmnist.yaml", ("train.epochs=40", "train.seed=3")),
     Entry("mobilenetv2_100.fmnist", "configs/mobilenetv2-fmnist.yaml"),
     Entry("efficientnet_b0.fmnist", "configs/mobilenetv2-fmnist.yaml", ("model.name=deep-ensemble-efficientnet_b0",)),
     Entry("hne-resnet10t.fmnist", "configs/hne-resnet10t-fmnist.yaml", ("train.epochs=30",)),
@@ -77,10 +81,11 @@ PLAN: tuple[Entry, ...] = (
     Entry("nfe-resnet10t.fmnist", "configs/nfe-resnet10t-fmnist.yaml",
           ("train.epochs=30", "model.args.pruning=synflow")),
     Entry("supernet-mlp.fmnist", "configs/supernet-mlp-fmnist.yaml", ("combiner.args.l2=1.0e-2",)),
-    Entry("supernet-resnet10t.fmnist", "configs/supernet-resnet10t-fmnist.yaml", _FULL_WIDTH_RESNET10T,
+    Entry("supernet-resnet10t.fmnist", "configs/supernet-resnet10t-fmnist.yaml",
           sources=_SUPERNET_MEMBERS, sources_key="callbacks.0.args.sources"),
     Entry("meal-resnet10t.fmnist", "configs/meal-fmnist.yaml",
-          ("model.name=deep-ensemble-resnet10t", *_CPU_SCALE_RESNET10T, "train.precise_bn=50"), sources=_TEACHERS),
+          ("model.name=deep-ensemble-resnet10t", *_CPU_SCALE_RESNET10T, "train.precise_bn=50"), sources=_TEACHERS,
+          sources_key="distiller.args.teachers"),
 )
 
 
@@ -92,10 +97,18 @@ def stages(entries: list[Entry]) -> list[list[Entry]]:
     while len(done) < len(entries):
         ready = [e for e in entries if e.name not in done and all(t in done or t not in names for t in e.sources)]
         if not ready:
-            raise ValueError(f"entries that teach each other: {sorted(names - done)}")
+            raise ValueError(f"entries that read each other: {sorted(names - done)}")
         result.append(ready)
         done.update(e.name for e in ready)
     return result
+
+
+def blocked_rows(stage: list[Entry], rows: list[dict]) -> list[dict]:
+    """Failure rows for the entries of ``stage`` that read an entry that failed earlier in this invocation: they are
+    not trained from the old bundled copies, since the retrained ones were asked for."""
+    failed = {r["entry"] for r in rows if "error" in r}
+    return [{"entry": e.name, "error": f"not trained: its source {', '.join(sorted(failed & set(e.sources)))} failed",
+             "minutes": 0.0} for e in stage if failed & set(e.sources)]
 
 
 def smoke_overrides(config: Path) -> list[str]:
@@ -124,8 +137,9 @@ def retrain(entry: Entry, args: argparse.Namespace, threads: int) -> dict:
             [sys.executable, "-m", "selfens_core.cli", "train", str(config), "--out", str(run), "--quiet", *resume,
              *overrides], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
         minutes = (time.perf_counter() - started) / 60
+        reads = f", reading {', '.join(entry.sources)}" if entry.sources else ""
         notes = (f"Retrained by `scripts/zoo_retrain.py` on {args.device_name} in {minutes:.1f} min "
-                 f"({args.precision}): `{entry.config}` with `{' '.join(entry.overrides) or 'no overrides'}`.")
+                 f"({args.precision}): `{entry.config}` with `{' '.join(entry.overrides) or 'no overrides'}`{reads}.")
         exported = trained and not subprocess.run(
             [sys.executable, "-m", "selfens_core.cli", "zoo", "export", str(run), "--name", entry.name, "--zoo-dir",
              str(args.zoo_dir), "--default", "--dtype", "float16", "--overwrite", "--notes", notes,
@@ -224,8 +238,13 @@ def main() -> None:
         jobs = args.jobs or (len(stage) if args.device == "cuda" else 1)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         print(f"stage: {', '.join(e.name for e in stage)} ({jobs} at once, {threads} threads each)", flush=True)
+        blocked = blocked_rows(stage, rows)
+        for row in blocked:
+            rows.append(row)
+            print(f"  {row['entry']:40}    0.0 min  FAILED: {row['error']}", flush=True)
+        ready = [e for e in stage if e.name not in {r["entry"] for r in blocked}]
         with ThreadPoolExecutor(jobs) as pool:
-            for row in pool.map(lambda e: retrain(e, args, threads), stage):
+            for row in pool.map(lambda e: retrain(e, args, threads), ready):
                 rows.append(row)
                 result = (f"FAILED: {row['error']} (log: {args.runs / (row['entry'] + '.log')})" if "error" in row
                           else f"{100 * row['acc']:.2f}% with {row['members']} members "

@@ -127,7 +127,7 @@ def build_model(name: str, *, num_classes: int, in_chans: int = 3, combiner: str
     entry, suffix = registries().models.resolve(name)
     # before the builder runs: timm builds a head-less network for num_classes=0 without a word
     num_classes, in_chans = positive_int("num_classes", num_classes), positive_int("in_chans", in_chans)
-    if "num_members" in overrides:  # builders would take range(True) as one member
+    if overrides.get("num_members") is not None:  # builders would take range(True) as one member; None: theirs
         overrides["num_members"] = positive_int("num_members", overrides["num_members"])
     check_arguments(f"model {name!r}", entry.obj, overrides, skip=("num_classes", "in_chans"))
     args = (suffix,) if suffix is not None else ()

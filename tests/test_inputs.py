@@ -135,6 +135,11 @@ def test_bad_class_and_channel_counts_are_refused(kwargs, message):
         Tiny(**{"in_chans": 1, **kwargs})
 
 
+def test_num_members_none_leaves_the_count_to_the_builder():
+    model = selfens_core.create("ienet-resnet10t", num_classes=3, in_chans=1, num_members=None, widths=[0.5, 1.0])
+    assert model.num_members == 2  # IENet takes its count from widths
+
+
 def test_bad_member_counts_are_refused():
     with pytest.raises(ValueError, match=r"^num_members must be an int >= 1, got 0$"):
         Tiny(num_members=0)

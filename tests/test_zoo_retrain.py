@@ -36,6 +36,8 @@ def test_every_zoo_entry_and_every_method_is_planned():
 
 @pytest.mark.parametrize("entry", [e for e in zoo_retrain.PLAN if e.sources], ids=lambda e: e.name)
 def test_sources_go_where_the_config_reads_them(entry):
+    given = OmegaConf.select(load_config(ROOT / entry.config, list(entry.overrides)), entry.sources_key)
+    assert len(given) == len(entry.sources)  # the config lists them there already: the key is no new, unread one
     refs = [f"'local-dir:/zoo/{name}'" for name in entry.sources]
     cfg = load_config(ROOT / entry.config, [*entry.overrides, f"{entry.sources_key}=[{','.join(refs)}]"])
     assert OmegaConf.select(cfg, entry.sources_key) == [f"local-dir:/zoo/{name}" for name in entry.sources]
@@ -43,12 +45,19 @@ def test_sources_go_where_the_config_reads_them(entry):
 
 def test_supernet_members_are_planned_with_the_supernets_architecture():
     plan = {e.name: e for e in zoo_retrain.PLAN}
-    for entry in (e for e in zoo_retrain.PLAN if e.sources_key.startswith("callbacks")):
+    supernets = [e for e in zoo_retrain.PLAN if e.sources and e.config.startswith("configs/supernet")]
+    assert supernets
+    for entry in supernets:
         args = load_config(ROOT / entry.config, list(entry.overrides)).model.args
         for name in entry.sources:
             member = load_config(ROOT / plan[name].config, list(plan[name].overrides)).model.args
             assert {k: v for k, v in member.items() if k != "num_members"} == \
                 {k: v for k, v in args.items() if k != "num_members"}, name
+
+
+def test_an_entry_with_sources_names_where_they_go():
+    with pytest.raises(ValueError, match="sources and sources_key go together"):
+        zoo_retrain.Entry("x.fmnist", "configs/meal-fmnist.yaml", sources=("resnet10t.fmnist",))
 
 
 def test_sources_train_in_an_earlier_stage():
@@ -58,6 +67,15 @@ def test_sources_train_in_an_earlier_stage():
         assert all(order[t] < order[entry.name] for t in entry.sources if t in plan)
     student = next(e for e in zoo_retrain.PLAN if e.sources)
     assert zoo_retrain.stages([student]) == [[student]]  # sources not retrained come from the zoo
+
+
+def test_an_entry_whose_source_failed_is_not_trained():
+    supernet = next(e for e in zoo_retrain.PLAN if e.name == "supernet-resnet10t.fmnist")
+    meal = next(e for e in zoo_retrain.PLAN if e.name == "meal-resnet10t.fmnist")
+    rows = [{"entry": "resnet10t.fmnist-seed2", "error": "boom"}, {"entry": "resnet10t.fmnist", "acc": 0.9}]
+    blocked = zoo_retrain.blocked_rows([supernet, meal], rows)
+    assert blocked == [{"entry": supernet.name, "error": "not trained: its source resnet10t.fmnist-seed2 failed",
+                        "minutes": 0.0}]
 
 
 def test_pack_then_unpack_verifies_every_file(exported, tmp_path, monkeypatch):

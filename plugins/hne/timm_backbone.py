@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from selfens_core.backbones import BackboneError, BackboneParts
 from selfens_core.factory import backbone_parts, create_backbone
@@ -41,13 +42,16 @@ def hne_timm(backbone: str, *, num_classes: int, in_chans: int = 3, num_members:
     ``small_images`` adapts the backbone to 28×28 / 32×32 inputs (``selfens_core.factory.create_backbone``)."""
     if num_members < 1 or num_members & (num_members - 1):
         raise ValueError(f"num_members must be a power of two, got {num_members}")
-    networks = [create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, small_images=small_images,
-                                **timm_kwargs) for _ in range(num_members)]
-    parts = [backbone_parts(net, backbone) for net in networks]
-    splits, stages = int(math.log2(num_members)), len(parts[0].stages)
+    def network() -> nn.Module:
+        return create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, small_images=small_images,
+                               **timm_kwargs)
+
+    first = backbone_parts(network(), backbone)  # checked before the other members are built
+    splits, stages = int(math.log2(num_members)), len(first.stages)
     if splits > stages:
         raise BackboneError(f"{backbone} has {stages} stages, so a tree splitting once per stage has at most "
                             f"{2**stages} members; got num_members={num_members}")
+    parts = [first, *(backbone_parts(network(), backbone) for _ in range(num_members - 1))]
     if split_stages is None:
         split_stages = default_split_stages(parts[0], in_chans, splits)
     if len(split_stages) != splits:
