@@ -46,11 +46,12 @@ def main() -> int:
     labels, dataset = None, None
     for name in names:
         model = selfens_core.load(name).eval()
-        if dataset not in (None, model.pretrained_cfg["dataset"]):
+        if dataset is None:  # the first entry's dataset, loaded once
+            dataset = model.pretrained_cfg["dataset"]
+            info, splits = load_dataset(dataset, root=args.data_root)
+        elif model.pretrained_cfg["dataset"] != dataset:
             parser.error(f"{name} was trained on {model.pretrained_cfg['dataset']}, {names[0]} on {dataset}: "
                          "only entries of one dataset can be combined")
-        dataset = model.pretrained_cfg["dataset"]
-        info, splits = load_dataset(dataset, root=args.data_root)
         batches, targets = [], []
         with torch.no_grad():
             for x, y in iterate_batches(splits["test"], info, batch_size=500, train=False, augment=False, seed=0,
